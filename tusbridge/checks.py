@@ -1,0 +1,116 @@
+"""System checks for the TUSBRIDGE_* settings (``manage.py check``)."""
+
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+from typing import Any
+
+import redis
+from django.core.checks import CheckMessage, Error, Warning, register
+from django.utils.module_loading import import_string
+
+from . import conf
+
+_SAFE_EVICTION = ("noeviction", "volatile-lru", "volatile-lfu", "volatile-random", "volatile-ttl")
+
+
+@register("tusbridge")
+def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    messages: list[CheckMessage] = []
+    messages += _check_redis()
+    messages += _check_upload_dir()
+    messages += _check_numbers()
+    messages += _check_imports()
+    return messages
+
+
+def _check_redis() -> list[CheckMessage]:
+    url = conf.get("REDIS_URL")
+    try:
+        client = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
+    except (ValueError, TypeError) as exc:
+        return [Error(f"TUSBRIDGE_REDIS_URL {url!r} is not a valid Redis URL: {exc}", id="tusbridge.E001")]
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        return [
+            Warning(
+                f"Redis at TUSBRIDGE_REDIS_URL {url!r} cannot be reached: {exc}",
+                hint="Start Redis or correct the URL; uploads answer 503 until it is reachable.",
+                id="tusbridge.W001",
+            )
+        ]
+    try:
+        policy = client.config_get("maxmemory-policy").get("maxmemory-policy", "noeviction")
+    except redis.RedisError:
+        return []  # CONFIG may be disabled on managed Redis; nothing to say then.
+    finally:
+        client.close()
+    if policy not in _SAFE_EVICTION:
+        return [
+            Warning(
+                f"Redis evicts keys under memory pressure (maxmemory-policy {policy}); "
+                "an evicted upload record loses track of its data.",
+                hint="Use maxmemory-policy noeviction (or a volatile-* policy) for the tusbridge database.",
+                id="tusbridge.W002",
+            )
+        ]
+    return []
+
+
+def _check_upload_dir() -> list[CheckMessage]:
+    path = conf.upload_dir()
+    existing = path
+    while existing and not os.path.exists(existing):
+        parent = os.path.dirname(existing)
+        if parent == existing:
+            break
+        existing = parent
+    if not os.path.isdir(existing) or not os.access(existing, os.W_OK | os.X_OK):
+        return [
+            Error(
+                f"The upload directory {path!r} is not writable (nearest existing directory: {existing!r}).",
+                hint="Set TUSBRIDGE_UPLOAD_DIR to a directory the server process can write.",
+                id="tusbridge.E002",
+            )
+        ]
+    return []
+
+
+def _check_numbers() -> list[CheckMessage]:
+    messages: list[CheckMessage] = []
+    max_size = conf.get("MAX_SIZE")
+    if not isinstance(max_size, int) or isinstance(max_size, bool) or max_size < 0:
+        messages.append(Error("TUSBRIDGE_MAX_SIZE must be a non-negative integer (0: no limit).", id="tusbridge.E003"))
+    for name in ("EXPIRY", "RETENTION"):
+        value = conf.get(name)
+        if not isinstance(value, (timedelta, int, float)) or isinstance(value, bool) or conf.seconds(value) <= 0:
+            messages.append(Error(f"TUSBRIDGE_{name} must be a positive timedelta or number of seconds.", id="tusbridge.E004"))
+    for name in ("LOCK_TTL", "LOCK_WAIT", "REDIS_TIMEOUT"):
+        value = conf.get(name)
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
+            messages.append(Error(f"TUSBRIDGE_{name} must be a positive number of seconds.", id="tusbridge.E005"))
+    read_size = conf.get("READ_SIZE")
+    if not isinstance(read_size, int) or not 4096 <= read_size <= 1024 * 1024:
+        messages.append(Error("TUSBRIDGE_READ_SIZE must be an integer from 4096 to 1048576.", id="tusbridge.E006"))
+    return messages
+
+
+def _check_imports() -> list[CheckMessage]:
+    messages: list[CheckMessage] = []
+    permission = conf.get("PERMISSION")
+    try:
+        hook = import_string(permission)
+    except ImportError as exc:
+        messages.append(Error(f"TUSBRIDGE_PERMISSION {permission!r} cannot be imported: {exc}", id="tusbridge.E007"))
+    else:
+        if not callable(hook):
+            messages.append(Error(f"TUSBRIDGE_PERMISSION {permission!r} is not callable.", id="tusbridge.E007"))
+    storage = conf.get("STORAGE")
+    if isinstance(storage, str) and storage != "default":
+        try:
+            import_string(storage)
+        except ImportError as exc:
+            messages.append(Error(f"TUSBRIDGE_STORAGE {storage!r} cannot be imported: {exc}", id="tusbridge.E008"))
+    return messages

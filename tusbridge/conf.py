@@ -1,0 +1,71 @@
+"""Settings, read at request time so that tests and running sites can change them.
+
+Every setting is ``TUSBRIDGE_<NAME>`` in the Django settings module; the
+defaults below apply when it is absent. Nothing here is cached at import.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from datetime import timedelta
+from typing import Any
+
+from django.conf import settings
+
+DEFAULTS: dict[str, Any] = {
+    # Where upload records live.
+    "REDIS_URL": "redis://127.0.0.1:6379/0",
+    # Seconds a Redis command may take before the request answers 503.
+    "REDIS_TIMEOUT": 5.0,
+    # Prefix of every Redis key, so that several sites can share one server.
+    "KEY_PREFIX": "tusbridge",
+    # Directory that holds the data files of unfinished uploads.
+    "UPLOAD_DIR": None,
+    # Largest upload accepted, in bytes (advertised as Tus-Max-Size); 0 = no limit.
+    "MAX_SIZE": 0,
+    # How long an unfinished upload may sit idle before it expires.
+    "EXPIRY": timedelta(days=1),
+    # How long a finished or terminated upload stays known (HEAD answers, 410 after).
+    "RETENTION": timedelta(days=1),
+    # Whether uploads may be made without a logged-in Django user.
+    "ALLOW_ANONYMOUS": False,
+    # Dotted path of ``callable(request, action, upload) -> bool`` deciding who may upload.
+    "PERMISSION": "tusbridge.permissions.default_permission",
+    # Where a finished file goes: None keeps it in UPLOAD_DIR, "default" uses
+    # Django's default storage, anything else is a dotted Storage class path.
+    "STORAGE": None,
+    # Name pattern (strftime, then ``{filename}`` and ``{id}``) inside STORAGE.
+    "STORAGE_PATH": "uploads/%Y/%m/%d/{id}/{filename}",
+    # Seconds a writer holds the per-upload lock without renewing it.
+    "LOCK_TTL": 30.0,
+    # Seconds a request waits for a busy upload before answering 423 Locked.
+    "LOCK_WAIT": 5.0,
+    # fsync the data file before the offset is advanced (durable, slower).
+    "FSYNC": False,
+    # Largest piece read from a request body at once.
+    "READ_SIZE": 1024 * 1024,
+}
+
+
+def get(name: str) -> Any:
+    """Return the current value of ``TUSBRIDGE_<name>``."""
+    return getattr(settings, f"TUSBRIDGE_{name}", DEFAULTS[name])
+
+
+def upload_dir() -> str:
+    """The data directory: the setting, else ``MEDIA_ROOT/tusbridge``, else a temp dir."""
+    configured = get("UPLOAD_DIR")
+    if configured:
+        return os.fspath(configured)
+    media_root = getattr(settings, "MEDIA_ROOT", "")
+    if media_root:
+        return os.path.join(os.fspath(media_root), "tusbridge")
+    return os.path.join(tempfile.gettempdir(), "tusbridge")
+
+
+def seconds(value: timedelta | int | float) -> float:
+    """Accept a timedelta or a number of seconds for the duration settings."""
+    if isinstance(value, timedelta):
+        return value.total_seconds()
+    return float(value)

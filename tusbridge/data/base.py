@@ -1,0 +1,72 @@
+"""The interface every data store implements.
+
+The core interface is what the tus core protocol needs: create, write at an
+offset, read back. Optional abilities are separate small interfaces; a store
+that can terminate or concatenate says so by implementing them, and the
+service advertises the matching tus extension only then.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+from typing import BinaryIO, Protocol, runtime_checkable
+
+
+class Writer(abc.ABC):
+    """Appends to one upload's data, starting at the offset it was opened at."""
+
+    @abc.abstractmethod
+    def write(self, data: bytes) -> None: ...
+
+    @abc.abstractmethod
+    def sync(self) -> None:
+        """Make what was written durable before the offset is advanced."""
+
+    @abc.abstractmethod
+    def rollback(self) -> None:
+        """Discard everything written through this writer."""
+
+    @abc.abstractmethod
+    def close(self) -> None: ...
+
+    @property
+    @abc.abstractmethod
+    def written(self) -> int:
+        """Bytes written through this writer so far."""
+
+
+class DataStore(abc.ABC):
+    @abc.abstractmethod
+    def create(self, upload_id: str) -> None:
+        """Make an empty data object for a new upload."""
+
+    @abc.abstractmethod
+    def writer(self, upload_id: str, offset: int) -> Writer:
+        """Open for appending at ``offset``; anything stored past it is cut off first."""
+
+    @abc.abstractmethod
+    def open(self, upload_id: str) -> BinaryIO:
+        """Open the data for reading from the start."""
+
+    @abc.abstractmethod
+    def size(self, upload_id: str) -> int | None:
+        """Bytes stored, or None when there is no data object."""
+
+    @abc.abstractmethod
+    def path(self, upload_id: str) -> str | None:
+        """A local file path when the data is a local file, else None."""
+
+
+@runtime_checkable
+class Terminator(Protocol):
+    """A store that can delete an upload's data (tus termination, expiry)."""
+
+    def remove(self, upload_id: str) -> None: ...
+
+
+@runtime_checkable
+class Concatenator(Protocol):
+    """A store that can join finished uploads into a new one (tus concatenation)."""
+
+    def concatenate(self, target_id: str, source_ids: Sequence[str]) -> None: ...

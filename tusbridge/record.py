@@ -1,0 +1,125 @@
+"""The one upload record that every protocol reads and writes."""
+
+from __future__ import annotations
+
+import json
+import secrets
+from dataclasses import dataclass, field, fields
+from enum import Enum
+from typing import Any
+
+
+class State(str, Enum):
+    UPLOADING = "uploading"
+    COMPLETE = "complete"
+    TERMINATED = "terminated"
+    EXPIRED = "expired"
+
+
+def new_upload_id() -> str:
+    """128 random bits as 32 lowercase hex digits: URL-safe and unguessable."""
+    return secrets.token_hex(16)
+
+
+# Fields stored as JSON rather than as plain strings.
+_JSON_FIELDS = ("metadata", "partials", "extra")
+_INT_FIELDS = ("offset",)
+_OPTIONAL_INT_FIELDS = ("length",)
+_FLOAT_FIELDS = ("created_at", "updated_at", "expires_at")
+_OPTIONAL_FLOAT_FIELDS = ("completed_at",)
+
+
+@dataclass
+class UploadRecord:
+    """State of one upload, shared by the tus and legacy protocols.
+
+    ``length`` is None while the length is deferred. ``metadata_raw`` is the
+    ``Upload-Metadata`` header exactly as received (echoed on HEAD) and
+    ``metadata`` its parsed form, values decoded from base64 as text.
+    """
+
+    id: str
+    owner: str
+    protocol: str
+    length: int | None
+    offset: int = 0
+    state: State = State.UPLOADING
+    metadata_raw: str = ""
+    metadata: dict[str, str | None] = field(default_factory=dict)
+    filename: str = ""
+    created_at: float = 0.0
+    updated_at: float = 0.0
+    expires_at: float = 0.0
+    completed_at: float | None = None
+    # "" for an ordinary upload, "partial" or "final" with the concatenation extension.
+    concat: str = ""
+    # Upload-Concat exactly as received, echoed on HEAD.
+    concat_raw: str = ""
+    # Ids of the partial uploads that make up a final upload, in order.
+    partials: list[str] = field(default_factory=list)
+    # Where a finished file was handed to (name inside the configured Storage).
+    stored_name: str = ""
+    # Protocol-specific attributes (e.g. the legacy view's extra attrs).
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def deferred(self) -> bool:
+        return self.length is None
+
+    @property
+    def is_complete(self) -> bool:
+        return self.state is State.COMPLETE
+
+    @property
+    def remaining(self) -> int | None:
+        return None if self.length is None else self.length - self.offset
+
+    def to_redis(self) -> dict[str, str]:
+        """Flatten to the string fields of a Redis hash."""
+        return {f.name: encode_field(f.name, getattr(self, f.name)) for f in fields(self)}
+
+    @classmethod
+    def from_redis(cls, raw: dict[bytes, bytes] | dict[str, str]) -> UploadRecord:
+        """Rebuild from a Redis hash (bytes or str keys)."""
+        data = {_text(k): _text(v) for k, v in raw.items()}
+        known = {f.name for f in fields(cls)}
+        kwargs: dict[str, Any] = {}
+        for name, value in data.items():
+            if name not in known:
+                continue
+            if name in _JSON_FIELDS:
+                kwargs[name] = json.loads(value) if value else None
+            elif name in _INT_FIELDS:
+                kwargs[name] = int(value)
+            elif name in _OPTIONAL_INT_FIELDS:
+                kwargs[name] = int(value) if value else None
+            elif name in _FLOAT_FIELDS:
+                kwargs[name] = float(value) if value else 0.0
+            elif name in _OPTIONAL_FLOAT_FIELDS:
+                kwargs[name] = float(value) if value else None
+            elif name == "state":
+                kwargs[name] = State(value)
+            else:
+                kwargs[name] = value
+        for name in _JSON_FIELDS:
+            if kwargs.get(name) is None:
+                kwargs.pop(name, None)
+        kwargs.setdefault("length", None)
+        return cls(**kwargs)
+
+
+def encode_field(name: str, value: Any) -> str:
+    """One record field as the string a Redis hash stores."""
+    if name in _JSON_FIELDS:
+        return json.dumps(value, separators=(",", ":"))
+    if value is None:
+        return ""
+    if isinstance(value, State):
+        return value.value
+    if isinstance(value, float):
+        return repr(value)
+    return str(value)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

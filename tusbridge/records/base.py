@@ -1,0 +1,116 @@
+"""The interface every record store implements.
+
+A record store keeps upload records, advances offsets atomically, holds the
+per-upload lock and indexes expiry times. The service relies on exactly these
+guarantees and nothing else, so another backend only has to provide them.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Iterable
+from dataclasses import dataclass
+from enum import Enum
+
+from ..record import State, UploadRecord
+
+
+class AdvanceStatus(str, Enum):
+    OK = "ok"
+    COMPLETED = "completed"  # this advance made the upload complete (happens once)
+    MISSING = "missing"
+    NOT_UPLOADING = "not-uploading"
+    LOCK_LOST = "lock-lost"
+    OFFSET_MISMATCH = "offset-mismatch"
+    PAST_LENGTH = "past-length"
+
+
+@dataclass(frozen=True)
+class AdvanceResult:
+    status: AdvanceStatus
+    offset: int
+
+    @property
+    def ok(self) -> bool:
+        return self.status in (AdvanceStatus.OK, AdvanceStatus.COMPLETED)
+
+
+class RecordStore(abc.ABC):
+    """Upload records with atomic offset advance, a per-upload lock and an expiry index."""
+
+    @abc.abstractmethod
+    def create(self, record: UploadRecord) -> None:
+        """Store a new record and index its expiry time."""
+
+    @abc.abstractmethod
+    def get(self, upload_id: str) -> UploadRecord | None:
+        """The record, or None when no such upload is known."""
+
+    @abc.abstractmethod
+    def advance(
+        self,
+        upload_id: str,
+        *,
+        expected: int,
+        new: int,
+        lock_token: str,
+        now: float,
+        expires_at: float | None,
+        auto_complete: bool,
+    ) -> AdvanceResult:
+        """Move the offset from ``expected`` to ``new`` in one atomic step.
+
+        Refused when the record is missing or not uploading, when the lock is
+        no longer held by ``lock_token``, when the offset is not ``expected``,
+        when ``new`` is behind it or past the length. With ``auto_complete``
+        reaching the length marks the record complete, and only the one call
+        that does so reports COMPLETED.
+        """
+
+    @abc.abstractmethod
+    def set_length(self, upload_id: str, length: int, *, lock_token: str) -> bool:
+        """Fix a deferred length once; False if it was already set to another value."""
+
+    @abc.abstractmethod
+    def mark_complete(self, upload_id: str, *, now: float) -> AdvanceResult:
+        """Complete an uploading record whose offset equals its length (once)."""
+
+    @abc.abstractmethod
+    def update(self, upload_id: str, **values: object) -> None:
+        """Set plain fields of an existing record (not offset or state)."""
+
+    @abc.abstractmethod
+    def retire(self, upload_id: str, state: State, *, keep_for: float) -> None:
+        """Turn the record into a tombstone in ``state`` that disappears after ``keep_for`` seconds."""
+
+    @abc.abstractmethod
+    def delete(self, upload_id: str) -> None:
+        """Forget the record entirely."""
+
+    @abc.abstractmethod
+    def acquire_lock(self, upload_id: str, ttl: float) -> str | None:
+        """Take the upload's lock; return its token, or None while someone else holds it."""
+
+    @abc.abstractmethod
+    def refresh_lock(self, upload_id: str, token: str, ttl: float) -> bool:
+        """Extend a held lock; False when it was lost."""
+
+    @abc.abstractmethod
+    def release_lock(self, upload_id: str, token: str) -> None:
+        """Release the lock if ``token`` still holds it."""
+
+    @abc.abstractmethod
+    def due_for_expiry(self, now: float, limit: int) -> list[str]:
+        """Ids whose indexed expiry time is not after ``now``."""
+
+    @abc.abstractmethod
+    def unindex(self, upload_ids: Iterable[str]) -> None:
+        """Drop ids from the expiry index."""
+
+    @abc.abstractmethod
+    def reindex(self, upload_id: str, expires_at: float) -> None:
+        """Record a new expiry time in the index."""
+
+    @abc.abstractmethod
+    def ping(self) -> None:
+        """Raise if the store cannot be reached."""

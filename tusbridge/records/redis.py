@@ -1,0 +1,223 @@
+"""Upload records in Redis.
+
+Every key of one upload carries the hash tag ``{<id>}``, so a Lua script
+that touches the record and its lock runs on one Redis Cluster slot. The
+expiry index is one sorted set; it is only ever written beside (never inside)
+a script, for the same reason.
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+from collections.abc import Iterable
+
+import redis
+
+from ..record import State, UploadRecord, encode_field
+from .base import AdvanceResult, AdvanceStatus, RecordStore
+
+# KEYS: record, lock. ARGV: token, expected, new, now, expires_at|"", auto_complete 1|0.
+_ADVANCE = """
+if ARGV[1] ~= '' and redis.call('GET', KEYS[2]) ~= ARGV[1] then return {'lock-lost', 0} end
+local f = redis.call('HMGET', KEYS[1], 'state', 'offset', 'length')
+if not f[1] then return {'missing', 0} end
+local offset = tonumber(f[2])
+if f[1] ~= 'uploading' then return {'not-uploading', offset} end
+if offset ~= tonumber(ARGV[2]) then return {'offset-mismatch', offset} end
+local new = tonumber(ARGV[3])
+if new < offset then return {'offset-mismatch', offset} end
+if f[3] ~= '' and new > tonumber(f[3]) then return {'past-length', offset} end
+redis.call('HSET', KEYS[1], 'offset', ARGV[3], 'updated_at', ARGV[4])
+if ARGV[5] ~= '' then redis.call('HSET', KEYS[1], 'expires_at', ARGV[5]) end
+if ARGV[6] == '1' and f[3] ~= '' and new == tonumber(f[3]) then
+  redis.call('HSET', KEYS[1], 'state', 'complete', 'completed_at', ARGV[4])
+  return {'completed', new}
+end
+return {'ok', new}
+"""
+
+# KEYS: record. ARGV: now.
+_COMPLETE = """
+local f = redis.call('HMGET', KEYS[1], 'state', 'offset', 'length')
+if not f[1] then return {'missing', 0} end
+local offset = tonumber(f[2])
+if f[1] ~= 'uploading' then return {'not-uploading', offset} end
+if f[3] == '' or offset ~= tonumber(f[3]) then return {'offset-mismatch', offset} end
+redis.call('HSET', KEYS[1], 'state', 'complete', 'completed_at', ARGV[1])
+return {'completed', offset}
+"""
+
+# KEYS: record, lock. ARGV: token, length.
+_SET_LENGTH = """
+if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
+local length = redis.call('HGET', KEYS[1], 'length')
+if length == false then return 0 end
+if length == '' then
+  if tonumber(ARGV[2]) < tonumber(redis.call('HGET', KEYS[1], 'offset')) then return 0 end
+  redis.call('HSET', KEYS[1], 'length', ARGV[2])
+  return 1
+end
+if length == ARGV[2] then return 1 end
+return 0
+"""
+
+# KEYS: lock. ARGV: token, ttl in ms.
+_REFRESH = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"""
+
+# KEYS: lock. ARGV: token.
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+_clients: dict[tuple[str, float], redis.Redis] = {}
+_clients_lock = threading.Lock()
+
+
+def client_for(url: str, timeout: float) -> redis.Redis:
+    """One connection pool per URL and timeout, shared by the threads of a process."""
+    key = (url, timeout)
+    with _clients_lock:
+        client = _clients.get(key)
+        if client is None:
+            client = redis.Redis.from_url(
+                url,
+                socket_timeout=timeout,
+                socket_connect_timeout=timeout,
+                health_check_interval=30,
+            )
+            _clients[key] = client
+        return client
+
+
+class RedisRecordStore(RecordStore):
+    def __init__(self, client: redis.Redis, prefix: str) -> None:
+        self.client = client
+        self.prefix = prefix
+        self._advance = client.register_script(_ADVANCE)
+        self._complete = client.register_script(_COMPLETE)
+        self._set_length = client.register_script(_SET_LENGTH)
+        self._refresh = client.register_script(_REFRESH)
+        self._release = client.register_script(_RELEASE)
+
+    # Keys -------------------------------------------------------------------
+
+    def record_key(self, upload_id: str) -> str:
+        return f"{self.prefix}:upload:{{{upload_id}}}"
+
+    def lock_key(self, upload_id: str) -> str:
+        return f"{self.prefix}:lock:{{{upload_id}}}"
+
+    @property
+    def expiry_key(self) -> str:
+        return f"{self.prefix}:expiry"
+
+    # Records ----------------------------------------------------------------
+
+    def create(self, record: UploadRecord) -> None:
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hset(self.record_key(record.id), mapping=record.to_redis())
+        pipe.zadd(self.expiry_key, {record.id: record.expires_at})
+        pipe.execute()
+
+    def get(self, upload_id: str) -> UploadRecord | None:
+        raw = self.client.hgetall(self.record_key(upload_id))
+        return UploadRecord.from_redis(raw) if raw else None
+
+    def advance(
+        self,
+        upload_id: str,
+        *,
+        expected: int,
+        new: int,
+        lock_token: str,
+        now: float,
+        expires_at: float | None,
+        auto_complete: bool,
+    ) -> AdvanceResult:
+        status, offset = self._advance(
+            keys=[self.record_key(upload_id), self.lock_key(upload_id)],
+            args=[
+                lock_token,
+                expected,
+                new,
+                repr(now),
+                "" if expires_at is None else repr(expires_at),
+                "1" if auto_complete else "0",
+            ],
+        )
+        result = AdvanceResult(AdvanceStatus(status.decode()), int(offset))
+        if result.ok and expires_at is not None and result.status is AdvanceStatus.OK:
+            self.reindex(upload_id, expires_at)
+        elif result.status is AdvanceStatus.COMPLETED:
+            self.unindex([upload_id])
+        return result
+
+    def set_length(self, upload_id: str, length: int, *, lock_token: str) -> bool:
+        done = self._set_length(
+            keys=[self.record_key(upload_id), self.lock_key(upload_id)], args=[lock_token, length]
+        )
+        return bool(done)
+
+    def mark_complete(self, upload_id: str, *, now: float) -> AdvanceResult:
+        status, offset = self._complete(keys=[self.record_key(upload_id)], args=[repr(now)])
+        result = AdvanceResult(AdvanceStatus(status.decode()), int(offset))
+        if result.status is AdvanceStatus.COMPLETED:
+            self.unindex([upload_id])
+        return result
+
+    def update(self, upload_id: str, **values: object) -> None:
+        if {"offset", "state"} & values.keys():
+            raise ValueError("offset and state change only through advance, complete and retire")
+        mapping = {name: encode_field(name, value) for name, value in values.items()}
+        self.client.hset(self.record_key(upload_id), mapping=mapping)
+
+    def retire(self, upload_id: str, state: State, *, keep_for: float) -> None:
+        key = self.record_key(upload_id)
+        pipe = self.client.pipeline(transaction=True)
+        pipe.hset(key, "state", state.value)
+        pipe.pexpire(key, max(1, int(keep_for * 1000)))
+        pipe.execute()
+        self.unindex([upload_id])
+
+    def delete(self, upload_id: str) -> None:
+        self.client.delete(self.record_key(upload_id))
+        self.unindex([upload_id])
+
+    # Lock -------------------------------------------------------------------
+
+    def acquire_lock(self, upload_id: str, ttl: float) -> str | None:
+        token = secrets.token_hex(16)
+        taken = self.client.set(self.lock_key(upload_id), token, nx=True, px=max(1, int(ttl * 1000)))
+        return token if taken else None
+
+    def refresh_lock(self, upload_id: str, token: str, ttl: float) -> bool:
+        return bool(self._refresh(keys=[self.lock_key(upload_id)], args=[token, max(1, int(ttl * 1000))]))
+
+    def release_lock(self, upload_id: str, token: str) -> None:
+        self._release(keys=[self.lock_key(upload_id)], args=[token])
+
+    # Expiry index -----------------------------------------------------------
+
+    def due_for_expiry(self, now: float, limit: int) -> list[str]:
+        ids = self.client.zrangebyscore(self.expiry_key, "-inf", now, start=0, num=limit)
+        return [i.decode() for i in ids]
+
+    def unindex(self, upload_ids: Iterable[str]) -> None:
+        ids = list(upload_ids)
+        if ids:
+            self.client.zrem(self.expiry_key, *ids)
+
+    def reindex(self, upload_id: str, expires_at: float) -> None:
+        self.client.zadd(self.expiry_key, {upload_id: expires_at})
+
+    def ping(self) -> None:
+        self.client.ping()

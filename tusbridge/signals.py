@@ -1,0 +1,9 @@
+"""Signals sent by the upload service."""
+
+from django.dispatch import Signal
+
+# Sent exactly once per upload, when its last byte is stored (or, for the
+# legacy protocol, when the completion request verified it). Arguments:
+# ``upload`` (the UploadRecord, ``stored_name`` set if a Storage took the file)
+# and ``file`` (a django.core.files.File open for reading at the start).
+upload_completed = Signal()

@@ -1,0 +1,281 @@
+"""The tus 1.0 endpoint: core protocol and the creation, creation-with-upload,
+creation-defer-length, expiration and termination extensions.
+
+CSRF: the views are exempt from Django's CSRF check because every request
+that changes state must carry ``Tus-Resumable`` (412 otherwise, before any
+work). A cross-site page can only send that custom header after a CORS
+preflight that this server grants, so a forged form or image request never
+reaches the upload logic.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable
+from typing import Any
+
+import redis.exceptions
+from django.http import HttpRequest, HttpResponse
+from django.utils.decorators import method_decorator
+from django.utils.http import http_date
+from django.utils.module_loading import import_string
+from django.views import View
+from django.views.decorators.csrf import csrf_exempt
+
+from .. import conf, errors
+from ..permissions import owner_of
+from ..record import State, UploadRecord
+from ..service import Readable, UploadService, get_service
+from .headers import metadata_text, parse_metadata, parse_uint
+
+TUS_VERSION = "1.0.0"
+OFFSET_CONTENT_TYPE = "application/offset+octet-stream"
+EXTENSIONS = ("creation", "creation-with-upload", "creation-defer-length", "expiration")
+
+_STATUS: dict[type[errors.UploadError], int] = {
+    errors.InvalidRequest: 400,
+    errors.PermissionDenied: 403,
+    errors.NotFound: 404,
+    errors.OffsetMismatch: 409,
+    errors.LockLost: 409,
+    errors.Gone: 410,
+    errors.TooLarge: 413,
+    errors.ExceedsLength: 413,
+    errors.AlreadyComplete: 400,
+    errors.NotComplete: 400,
+    errors.Locked: 423,
+    errors.ChecksumMismatch: 460,
+    errors.StoreUnavailable: 503,
+    errors.StorageFull: 507,
+}
+
+
+def _text(status: int, message: str) -> HttpResponse:
+    return HttpResponse(message + "\n", status=status, content_type="text/plain; charset=utf-8")
+
+
+def _empty(status: int) -> HttpResponse:
+    """A response without a body, and so without a Content-Type to describe one."""
+    response = HttpResponse(status=status)
+    del response["Content-Type"]
+    return response
+
+
+def request_body(request: HttpRequest) -> tuple[Readable, int | None]:
+    """The body as a stream, and its length when the client announced one.
+
+    Django sees an empty body when there is no Content-Length, so a chunked
+    body (which the WSGI server de-chunks and terminates) is read from
+    ``wsgi.input`` directly.
+    """
+    meta = request.META
+    if meta.get("CONTENT_LENGTH"):
+        try:
+            length = parse_uint("Content-Length", meta["CONTENT_LENGTH"])
+        except ValueError as exc:
+            raise errors.InvalidRequest(str(exc)) from None
+        return request, length
+    if "chunked" in meta.get("HTTP_TRANSFER_ENCODING", "").lower() and meta.get("wsgi.input_terminated"):
+        return meta["wsgi.input"], None
+    return io.BytesIO(), 0
+
+
+@method_decorator(csrf_exempt, name="dispatch")
+class TusView(View):
+    """One view for the collection URL (``upload_id`` None) and for each upload URL."""
+
+    def dispatch(self, request: HttpRequest, *args: Any, upload_id: str | None = None, **kwargs: Any) -> HttpResponse:
+        method = request.headers.get("X-HTTP-Method-Override", request.method or "").upper()
+        try:
+            if method == "OPTIONS":
+                response = self.options_response(request)
+            elif request.headers.get("Tus-Resumable") != TUS_VERSION:
+                response = _text(412, f"Tus-Resumable: {TUS_VERSION} is required")
+                response["Tus-Version"] = TUS_VERSION
+            else:
+                response = self.route(method, upload_id)(request, upload_id)
+        except errors.UploadError as exc:
+            response = self.error_response(exc)
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
+            response = _text(503, errors.StoreUnavailable.message)
+            response["Retry-After"] = "5"
+        response["Tus-Resumable"] = TUS_VERSION
+        return response
+
+    def route(self, method: str, upload_id: str | None) -> Callable[[HttpRequest, Any], HttpResponse]:
+        if upload_id is None:
+            handlers = {"POST": self.create}
+        else:
+            handlers = {"HEAD": self.head, "PATCH": self.patch, "DELETE": self.delete}
+        handler = handlers.get(method)
+        if handler is None:
+            return lambda request, _id: self.not_allowed(sorted([*handlers, "OPTIONS"]))
+        return handler
+
+    @staticmethod
+    def not_allowed(allowed: list[str]) -> HttpResponse:
+        response = _text(405, "Method not allowed")
+        response["Allow"] = ", ".join(allowed)
+        return response
+
+    def error_response(self, exc: errors.UploadError) -> HttpResponse:
+        status = next((code for cls, code in _STATUS.items() if isinstance(exc, cls)), 500)
+        response = _text(status, exc.detail)
+        if isinstance(exc, errors.OffsetMismatch):
+            response["Upload-Offset"] = str(exc.current)
+        return response
+
+    # Helpers ----------------------------------------------------------------
+
+    @staticmethod
+    def check_permission(request: HttpRequest, action: str, upload: UploadRecord | None) -> None:
+        hook = import_string(conf.get("PERMISSION"))
+        if not hook(request, action, upload):
+            raise errors.PermissionDenied()
+
+    def extensions(self, service: UploadService) -> list[str]:
+        extensions = list(EXTENSIONS)
+        if service.can_terminate:
+            extensions.append("termination")
+        return extensions
+
+    @staticmethod
+    def upload_url(request: HttpRequest, upload_id: str) -> str:
+        """The absolute URL of an upload, below the collection URL the client posted to."""
+        base = request.path if request.path.endswith("/") else request.path + "/"
+        return request.build_absolute_uri(base + upload_id)
+
+    @staticmethod
+    def set_expires(response: HttpResponse, record: UploadRecord) -> None:
+        if record.state is State.UPLOADING:
+            response["Upload-Expires"] = http_date(record.expires_at)
+
+    # Verbs ------------------------------------------------------------------
+
+    def options_response(self, request: HttpRequest) -> HttpResponse:
+        service = get_service()
+        response = _empty(204)
+        response["Tus-Version"] = TUS_VERSION
+        response["Tus-Extension"] = ",".join(self.extensions(service))
+        if service.max_size:
+            response["Tus-Max-Size"] = str(service.max_size)
+        return response
+
+    def create(self, request: HttpRequest, _: None) -> HttpResponse:
+        self.check_permission(request, "create", None)
+        service = get_service()
+        length = self.creation_length(request)
+        metadata_raw = request.headers.get("Upload-Metadata")
+        metadata: dict[str, bytes | None] = {}
+        if metadata_raw is not None:
+            try:
+                metadata = parse_metadata(metadata_raw)
+            except ValueError as exc:
+                raise errors.InvalidRequest(str(exc)) from None
+        with_upload = request.content_type == OFFSET_CONTENT_TYPE
+        stream, content_length = request_body(request) if with_upload else (io.BytesIO(), 0)
+        service.check_length(length)
+        if length is not None and content_length is not None and content_length > length:
+            raise errors.ExceedsLength(f"The request body is longer than Upload-Length ({length} bytes)")
+
+        text = metadata_text(metadata)
+        record = service.create(
+            owner=owner_of(request),
+            protocol="tus",
+            length=length,
+            metadata_raw=metadata_raw or "",
+            metadata=text,
+            filename=text.get("filename") or text.get("name") or "",
+        )
+        response = _text(201, "Created")
+        response["Location"] = self.upload_url(request, record.id)
+        if with_upload and (content_length is None or content_length > 0):
+            try:
+                record = service.append(
+                    record.id, record.owner, offset=0, stream=stream, content_length=content_length
+                ).record
+            except errors.UploadError as exc:
+                # The upload exists either way; the client resumes from HEAD.
+                response = self.error_response(exc)
+                response["Location"] = self.upload_url(request, record.id)
+                return response
+        if with_upload:
+            response["Upload-Offset"] = str(record.offset)
+        self.set_expires(response, record)
+        return response
+
+    @staticmethod
+    def creation_length(request: HttpRequest) -> int | None:
+        """Upload-Length, or None for ``Upload-Defer-Length: 1``; exactly one must be given."""
+        raw_length = request.headers.get("Upload-Length")
+        defer = request.headers.get("Upload-Defer-Length")
+        if defer is not None:
+            if defer != "1":
+                raise errors.InvalidRequest("Upload-Defer-Length must be 1")
+            if raw_length is not None:
+                raise errors.InvalidRequest("Upload-Length and Upload-Defer-Length cannot both be sent")
+            return None
+        try:
+            return parse_uint("Upload-Length", raw_length)
+        except ValueError as exc:
+            raise errors.InvalidRequest(f"{exc} (or send Upload-Defer-Length: 1)") from None
+
+    def head(self, request: HttpRequest, upload_id: str) -> HttpResponse:
+        record = get_service().get(upload_id, owner_of(request))
+        self.check_permission(request, "read", record)
+        response = _empty(200)
+        response["Cache-Control"] = "no-store"
+        response["Upload-Offset"] = str(record.offset)
+        if record.length is None:
+            response["Upload-Defer-Length"] = "1"
+        else:
+            response["Upload-Length"] = str(record.length)
+        if record.metadata_raw:
+            response["Upload-Metadata"] = record.metadata_raw
+        self.set_expires(response, record)
+        return response
+
+    def patch(self, request: HttpRequest, upload_id: str) -> HttpResponse:
+        if request.content_type != OFFSET_CONTENT_TYPE:
+            return _text(415, f"PATCH requires Content-Type: {OFFSET_CONTENT_TYPE}")
+        try:
+            offset = parse_uint("Upload-Offset", request.headers.get("Upload-Offset"))
+            length = (
+                parse_uint("Upload-Length", request.headers["Upload-Length"])
+                if "Upload-Length" in request.headers
+                else None
+            )
+        except ValueError as exc:
+            raise errors.InvalidRequest(str(exc)) from None
+        stream, content_length = request_body(request)
+        service = get_service()
+        owner = owner_of(request)
+        record = service.get(upload_id, owner)
+        self.check_permission(request, "write", record)
+        try:
+            result = service.append(
+                upload_id, owner, offset=offset, stream=stream, content_length=content_length, length=length
+            )
+        except errors.AlreadyComplete:
+            return self.patch_complete(service.get(upload_id, owner), offset, content_length)
+        response = _empty(204)
+        response["Upload-Offset"] = str(result.record.offset)
+        self.set_expires(response, result.record)
+        return response
+
+    def patch_complete(self, record: UploadRecord, offset: int, content_length: int | None) -> HttpResponse:
+        """A PATCH on a finished upload: a no-op at the final offset, a conflict or overflow otherwise."""
+        if offset != record.offset:
+            raise errors.OffsetMismatch(record.offset)
+        if content_length != 0:
+            raise errors.ExceedsLength("The upload is complete and takes no more bytes")
+        response = _empty(204)
+        response["Upload-Offset"] = str(record.offset)
+        return response
+
+    def delete(self, request: HttpRequest, upload_id: str) -> HttpResponse:
+        service = get_service()
+        owner = owner_of(request)
+        self.check_permission(request, "delete", service.get(upload_id, owner))
+        service.terminate(upload_id, owner)
+        return _empty(204)
