@@ -22,6 +22,7 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
     messages += _check_upload_dir()
     messages += _check_numbers()
     messages += _check_imports()
+    messages += _check_cors()
     return messages
 
 
@@ -113,4 +114,38 @@ def _check_imports() -> list[CheckMessage]:
             import_string(storage)
         except ImportError as exc:
             messages.append(Error(f"TUSBRIDGE_STORAGE {storage!r} cannot be imported: {exc}", id="tusbridge.E008"))
+    return messages
+
+
+def _check_cors() -> list[CheckMessage]:
+    from django.conf import settings
+
+    from .tus import cors
+
+    origins = conf.get("CORS_ALLOWED_ORIGINS")
+    if isinstance(origins, str) or not all(isinstance(o, str) for o in origins):
+        return [Error("TUSBRIDGE_CORS_ALLOWED_ORIGINS must be a list of origins (or [\"*\"]).", id="tusbridge.E009")]
+    if not cors.cors_headers_active():
+        return []
+    messages: list[CheckMessage] = []
+    allowed = {h.lower() for h in getattr(settings, "CORS_ALLOW_HEADERS", ())}
+    missing = [h for h in cors.REQUEST_HEADERS if h.lower() not in allowed]
+    if missing and allowed:
+        messages.append(
+            Warning(
+                "django-cors-headers does not allow the tus request headers " + ", ".join(missing) + ".",
+                hint="CORS_ALLOW_HEADERS = (*corsheaders.defaults.default_headers, *tusbridge.tus.cors.REQUEST_HEADERS)",
+                id="tusbridge.W003",
+            )
+        )
+    exposed = {h.lower() for h in getattr(settings, "CORS_EXPOSE_HEADERS", ())}
+    missing = [h for h in cors.EXPOSE_HEADERS if h.lower() not in exposed]
+    if exposed and missing:
+        messages.append(
+            Warning(
+                "CORS_EXPOSE_HEADERS replaces the tus headers tusbridge exposes; missing: " + ", ".join(missing) + ".",
+                hint="Add tusbridge.tus.cors.EXPOSE_HEADERS to CORS_EXPOSE_HEADERS.",
+                id="tusbridge.W004",
+            )
+        )
     return messages

@@ -41,8 +41,18 @@ DEFAULTS: dict[str, Any] = {
     "LOCK_TTL": 30.0,
     # Seconds a request waits for a busy upload before answering 423 Locked.
     "LOCK_WAIT": 5.0,
+    # Seconds a request body may stay silent before the client counts as gone
+    # (needs a WSGI server that exposes the socket, such as gunicorn).
+    "IDLE_TIMEOUT": 60.0,
+    # Seconds between checks for release requests while a body is silent.
+    "POLL_INTERVAL": 0.25,
     # fsync the data file before the offset is advanced (durable, slower).
     "FSYNC": False,
+    # Origins whose pages may use the tus endpoint ("*" for any), when
+    # django-cors-headers is not installed.
+    "CORS_ALLOWED_ORIGINS": (),
+    # Let cross-origin pages send cookies (session authentication).
+    "CORS_ALLOW_CREDENTIALS": False,
     # Largest piece read from a request body at once.
     "READ_SIZE": 1024 * 1024,
 }

@@ -32,6 +32,12 @@ class PermissionDenied(UploadError):
     message = "You are not allowed to upload here"
 
 
+class FinalUploadImmutable(UploadError):
+    """A final (concatenated) upload takes no bytes of its own."""
+
+    message = "A final upload is made from its partial uploads and cannot be written to"
+
+
 class NotFound(UploadError):
     """No upload with this id exists for this user."""
 

@@ -20,12 +20,12 @@ from typing import Any, Protocol
 from django.core.files import File
 
 from . import conf, errors
-from .data import DataStore, Terminator
+from .data import Concatenator, DataStore, Terminator, Writer
 from .data.filesystem import FileSystemDataStore
 from .handover import configured_storage, hand_over
 from .record import State, UploadRecord, new_upload_id
 from .records import RecordStore
-from .records.base import AdvanceResult, AdvanceStatus
+from .records.base import AdvanceResult, AdvanceStatus, ReleaseListener
 from .records.redis import RedisRecordStore, client_for
 from .signals import upload_completed
 
@@ -56,14 +56,20 @@ class AppendResult:
 
 
 class HeldLock:
-    """A lock this request holds; renewed while a long body streams in."""
+    """A lock this request holds: renewed while a long body streams in, and
+    listening for other requests that want the upload."""
+
+    # A request shorter than this never subscribes to release requests; a
+    # waiting request repeats its request, so it is heard once we listen.
+    LISTEN_AFTER = 0.2
 
     def __init__(self, records: RecordStore, upload_id: str, token: str, ttl: float) -> None:
         self.records = records
         self.upload_id = upload_id
         self.token = token
         self.ttl = ttl
-        self._renewed = time.monotonic()
+        self._acquired = self._renewed = time.monotonic()
+        self._listener: ReleaseListener | None = None
 
     def keep_alive(self) -> None:
         """Renew once a third of the TTL has passed; raise LockLost if someone else has it now."""
@@ -73,6 +79,19 @@ class HeldLock:
         if not self.records.refresh_lock(self.upload_id, self.token, self.ttl):
             raise errors.LockLost()
         self._renewed = now
+
+    def release_requested(self) -> bool:
+        """True when another request asked for the upload (a client that reconnected)."""
+        if self._listener is None:
+            if time.monotonic() - self._acquired < self.LISTEN_AFTER:
+                return False
+            self._listener = self.records.listen_for_release(self.upload_id)
+        return self._listener.requested()
+
+    def close(self) -> None:
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
 
 
 class UploadService:
@@ -87,6 +106,7 @@ class UploadService:
         lock_ttl: float = 30.0,
         lock_wait: float = 5.0,
         read_size: int = 1024 * 1024,
+        idle_timeout: float = 60.0,
     ) -> None:
         self.records = records
         self.data = data
@@ -96,6 +116,7 @@ class UploadService:
         self.lock_ttl = lock_ttl
         self.lock_wait = lock_wait
         self.read_size = read_size
+        self.idle_timeout = idle_timeout
 
     # Reading ----------------------------------------------------------------
 
@@ -106,9 +127,25 @@ class UploadService:
             raise errors.NotFound()
         if record.state in (State.TERMINATED, State.EXPIRED):
             raise errors.Gone()
-        if record.state is State.UPLOADING and record.expires_at <= time.time():
-            raise errors.Gone("Upload has expired")
+        if record.state is State.UPLOADING:
+            if record.concat == "final":
+                # A final upload waiting for its partials lives as long as they do.
+                if self._missing_partials(record):
+                    raise errors.Gone("A partial upload of this final upload is gone")
+            elif record.expires_at <= time.time():
+                raise errors.Gone("Upload has expired")
         return record
+
+    def _missing_partials(self, final: UploadRecord) -> list[str]:
+        """Partials of a pending final upload that no longer exist or are no longer usable."""
+        missing = []
+        for partial_id in dict.fromkeys(final.partials):
+            partial = self.records.get(partial_id)
+            if partial is None or partial.state in (State.TERMINATED, State.EXPIRED) or (
+                partial.state is State.UPLOADING and partial.expires_at <= time.time()
+            ):
+                missing.append(partial_id)
+        return missing
 
     @staticmethod
     def visible(record: UploadRecord, owner: str) -> bool:
@@ -163,23 +200,130 @@ class UploadService:
             record = self._finish(record.id) or record
         return record
 
+    def create_final(
+        self,
+        *,
+        owner: str,
+        partial_ids: list[str],
+        concat_raw: str,
+        metadata_raw: str = "",
+        metadata: dict[str, str | None] | None = None,
+        filename: str = "",
+    ) -> UploadRecord:
+        """Create a final upload from partial uploads, in order (a partial may repeat).
+
+        When every partial is complete the data is joined at once; otherwise
+        the final upload waits and is joined when its last partial completes.
+        Nothing is created when a partial is unknown, someone else's, gone,
+        or not a partial upload.
+        """
+        if not partial_ids:
+            raise errors.InvalidRequest("Upload-Concat: final needs at least one partial upload")
+        if not isinstance(self.data, Concatenator):
+            raise errors.InvalidRequest("This data store cannot concatenate uploads")
+        partials = []
+        for partial_id in partial_ids:
+            try:
+                partial = self.get(partial_id, owner)
+            except errors.Gone:
+                raise errors.InvalidRequest(f"Partial upload {partial_id} is gone (expired or terminated)") from None
+            if partial.concat != "partial":
+                raise errors.InvalidRequest(f"Upload {partial_id} is not a partial upload (Upload-Concat: partial)")
+            partials.append(partial)
+        lengths = [p.length for p in partials]
+        length = None if None in lengths else sum(lengths)  # type: ignore[arg-type]
+        self.check_length(length)
+        now = time.time()
+        record = UploadRecord(
+            id=new_upload_id(),
+            owner=owner,
+            protocol="tus",
+            length=length,
+            metadata_raw=metadata_raw,
+            metadata=metadata or {},
+            filename=filename,
+            created_at=now,
+            updated_at=now,
+            expires_at=now + self.expiry,
+            concat="final",
+            concat_raw=concat_raw,
+            partials=list(partial_ids),
+        )
+        self.data.create(record.id)
+        try:
+            self.records.create(record)
+            for partial_id in dict.fromkeys(partial_ids):
+                self.records.add_waiting_final(partial_id, record.id)
+        except BaseException:
+            self._remove_data(record.id)
+            raise
+        return self.assemble(record.id) or record
+
+    def assemble(self, final_id: str) -> UploadRecord | None:
+        """Join a final upload's data once all its partials are complete; None while they are not."""
+        with self.locked(final_id) as lock:
+            final = self.records.get(final_id)
+            if final is None or final.state is not State.UPLOADING:
+                return None
+            partials = [self.records.get(p) for p in final.partials]
+            if not all(p is not None and p.state is State.COMPLETE for p in partials):
+                return None
+            length = sum(p.length or 0 for p in partials if p is not None)
+            if final.length is None and not self.records.set_length(final_id, length, lock_token=lock.token):
+                return None
+            assert isinstance(self.data, Concatenator)
+            self.data.concatenate(final_id, final.partials)
+            result = self._advance(final, length, lock, auto_complete=True)
+        if result.status is AdvanceStatus.COMPLETED:
+            return self._finish(final_id)
+        return None
+
     # Writing ----------------------------------------------------------------
 
     @contextmanager
     def locked(self, upload_id: str) -> Iterator[HeldLock]:
-        """Hold the upload's lock, waiting up to ``lock_wait`` seconds for it."""
+        """Hold the upload's lock.
+
+        When another request holds it, ask that request to let go (it stops
+        at its next piece, keeps the bytes it stored and unlocks) and wait up
+        to ``lock_wait`` seconds; then give up with Locked.
+        """
+        token = self.records.acquire_lock(upload_id, self.lock_ttl)
+        if token is None:
+            token = self._wait_for_lock(upload_id)
+        lock = HeldLock(self.records, upload_id, token, self.lock_ttl)
+        try:
+            yield lock
+        finally:
+            lock.close()
+            self.records.release_lock(upload_id, token)
+
+    def _wait_for_lock(self, upload_id: str) -> str:
         deadline = time.monotonic() + self.lock_wait
+        next_request = 0.0
         while True:
+            now = time.monotonic()
+            if now >= deadline:
+                raise errors.Locked(
+                    f"Upload is busy: another request holds it and did not release it within {self.lock_wait:g} s"
+                )
+            if now >= next_request:
+                self.records.request_release(upload_id)
+                next_request = now + 0.25
+            time.sleep(0.02)
             token = self.records.acquire_lock(upload_id, self.lock_ttl)
             if token is not None:
-                break
-            if time.monotonic() >= deadline:
-                raise errors.Locked()
-            time.sleep(0.05)
-        try:
-            yield HeldLock(self.records, upload_id, token, self.lock_ttl)
-        finally:
-            self.records.release_lock(upload_id, token)
+                return token
+
+    def settled(self, upload_id: str, owner: str) -> UploadRecord:
+        """The upload once no request is writing it, so its offset is final for now.
+
+        A client that reconnects asks here first; a request still streaming
+        its old connection's body is asked to let go instead of being waited out.
+        """
+        self.get(upload_id, owner)
+        with self.locked(upload_id):
+            return self.get(upload_id, owner)
 
     def append(
         self,
@@ -204,6 +348,8 @@ class UploadService:
         self.get(upload_id, owner)  # cheap refusals before queueing for the lock
         with self.locked(upload_id) as lock:
             record = self.get(upload_id, owner)
+            if record.concat == "final":
+                raise errors.FinalUploadImmutable()
             if length is not None:
                 record = self._fix_length(record, length, lock)
             if record.state is State.COMPLETE:
@@ -234,6 +380,11 @@ class UploadService:
                     writer.rollback()
                     raise self._overflow(record)
                 if digest is not None and (interrupted or not digest.matches()):
+                    # The chunk was written in place and is cut off again.
+                    # Staging it in a side file would cost a second write of
+                    # every byte on the (usual) success path; truncating costs
+                    # one ftruncate on the rare failure, and the offset in the
+                    # record never counted these bytes anyway.
                     writer.rollback()
                     raise errors.ChecksumMismatch()
                 writer.sync()
@@ -265,25 +416,39 @@ class UploadService:
     def _pump(
         self,
         stream: Readable,
-        writer: Any,
+        writer: Writer,
         limit: int | None,
         lock: HeldLock,
         digest: Digest | None,
     ) -> tuple[bool, bool]:
-        """Copy the stream in bounded pieces; return (overflowed, interrupted)."""
+        """Copy the stream in bounded pieces; return (overflowed, interrupted).
+
+        Stops early, keeping what it stored, when another request asks for
+        the upload, when the client goes away, or when a stream that reads
+        with a timeout (see ``tus.body``) stays silent for ``idle_timeout``.
+        """
+        idle_since: float | None = None
         while True:
-            want = self.read_size if limit is None else min(self.read_size, limit - writer.written)
-            if want <= 0:
-                # The upload is full: one more byte means the client sent too much.
-                try:
-                    return bool(stream.read(1)), False
-                except OSError:
-                    return False, True
-            try:
-                piece = stream.read(want)
-            except OSError:
-                # The client went away (reset, timeout, truncated body).
+            if lock.release_requested():
                 return False, True
+            want = self.read_size if limit is None else min(self.read_size, limit - writer.written)
+            try:
+                # A full upload reads one more byte: any means the client sent too much.
+                piece = stream.read(want if want > 0 else 1)
+            except TimeoutError:
+                # No byte for a moment: a chance to hear release requests.
+                now = time.monotonic()
+                idle_since = idle_since or now
+                if now - idle_since >= self.idle_timeout:
+                    return False, True
+                lock.keep_alive()
+                continue
+            except OSError:
+                # The client went away (reset, truncated body).
+                return False, True
+            idle_since = None
+            if want <= 0:
+                return bool(piece), False
             if not piece:
                 return False, False
             lock.keep_alive()
@@ -353,6 +518,8 @@ class UploadService:
         record = self.records.get(upload_id)
         if record is None:
             return None
+        if record.concat == "partial":
+            return self._finish_partial(record)
         storage = configured_storage()
         with self.data.open(upload_id) as fh:
             file = File(fh, name=record.filename or upload_id)
@@ -367,6 +534,22 @@ class UploadService:
             upload_completed.send(sender=type(self), upload=record, file=file)
         if record.stored_name:
             self._remove_data(upload_id)
+        return record
+
+    def _finish_partial(self, record: UploadRecord) -> UploadRecord:
+        """A partial upload is not a file of its own: it only completes the finals that wait for it.
+
+        It stays usable in later concatenations until it expires.
+        """
+        expires_at = time.time() + self.expiry
+        self.records.update(record.id, expires_at=expires_at)
+        self.records.reindex(record.id, expires_at)
+        for final_id in self.records.waiting_finals(record.id):
+            try:
+                self.assemble(final_id)
+            except errors.UploadError:
+                # A final that cannot be joined now is joined by the next partial or HEAD.
+                logger.warning("tusbridge: final upload %s could not be assembled yet", final_id, exc_info=True)
         return record
 
     # Ending -----------------------------------------------------------------
@@ -399,16 +582,26 @@ class UploadService:
                     continue
                 try:
                     record = self.records.get(upload_id)
-                    if record is None or record.state is not State.UPLOADING:
+                    if record is None or not self._expirable(record):
                         self.records.unindex([upload_id])
                     elif record.expires_at > now:
                         self.records.reindex(upload_id, record.expires_at)
+                    elif record.concat == "final" and not self._missing_partials(record):
+                        # Its partials are alive, so the final upload waits with them.
+                        self.records.reindex(upload_id, now + self.expiry)
                     else:
                         self._remove_data(upload_id)
                         self.records.retire(upload_id, State.EXPIRED, keep_for=self.retention)
                         expired += 1
                 finally:
                     self.records.release_lock(upload_id, token)
+
+    @staticmethod
+    def _expirable(record: UploadRecord) -> bool:
+        """Unfinished uploads expire; so do complete partials, which are only raw material."""
+        if record.state is State.UPLOADING:
+            return True
+        return record.state is State.COMPLETE and record.concat == "partial"
 
     def _remove_data(self, upload_id: str) -> None:
         if isinstance(self.data, Terminator):
@@ -417,6 +610,10 @@ class UploadService:
     @property
     def can_terminate(self) -> bool:
         return isinstance(self.data, Terminator)
+
+    @property
+    def can_concatenate(self) -> bool:
+        return isinstance(self.data, Concatenator)
 
 
 _stores: dict[tuple[Any, ...], RedisRecordStore] = {}
@@ -438,4 +635,5 @@ def get_service() -> UploadService:
         lock_ttl=float(conf.get("LOCK_TTL")),
         lock_wait=float(conf.get("LOCK_WAIT")),
         read_size=int(conf.get("READ_SIZE")),
+        idle_timeout=conf.seconds(conf.get("IDLE_TIMEOUT")),
     )

@@ -35,6 +35,17 @@ class AdvanceResult:
         return self.status in (AdvanceStatus.OK, AdvanceStatus.COMPLETED)
 
 
+class ReleaseListener(abc.ABC):
+    """Tells the holder of a lock that another request is waiting for the upload."""
+
+    @abc.abstractmethod
+    def requested(self) -> bool:
+        """True once a release request arrived; never blocks."""
+
+    @abc.abstractmethod
+    def close(self) -> None: ...
+
+
 class RecordStore(abc.ABC):
     """Upload records with atomic offset advance, a per-upload lock and an expiry index."""
 
@@ -98,6 +109,22 @@ class RecordStore(abc.ABC):
     @abc.abstractmethod
     def release_lock(self, upload_id: str, token: str) -> None:
         """Release the lock if ``token`` still holds it."""
+
+    @abc.abstractmethod
+    def request_release(self, upload_id: str) -> None:
+        """Ask whoever holds the upload's lock to finish up and let go."""
+
+    @abc.abstractmethod
+    def listen_for_release(self, upload_id: str) -> ReleaseListener:
+        """Start hearing release requests for an upload whose lock this process holds."""
+
+    @abc.abstractmethod
+    def add_waiting_final(self, partial_id: str, final_id: str) -> None:
+        """Remember that a final upload waits for this partial upload to complete."""
+
+    @abc.abstractmethod
+    def waiting_finals(self, partial_id: str) -> list[str]:
+        """The final uploads waiting for this partial upload."""
 
     @abc.abstractmethod
     def due_for_expiry(self, now: float, limit: int) -> list[str]:

@@ -15,7 +15,7 @@ from collections.abc import Iterable
 import redis
 
 from ..record import State, UploadRecord, encode_field
-from .base import AdvanceResult, AdvanceStatus, RecordStore
+from .base import AdvanceResult, AdvanceStatus, RecordStore, ReleaseListener
 
 # KEYS: record, lock. ARGV: token, expected, new, now, expires_at|"", auto_complete 1|0.
 _ADVANCE = """
@@ -98,6 +98,25 @@ def client_for(url: str, timeout: float) -> redis.Redis:
         return client
 
 
+class PubSubReleaseListener(ReleaseListener):
+    """A subscription to one upload's release channel, polled without blocking."""
+
+    def __init__(self, client: redis.Redis, channel: str) -> None:
+        self._pubsub = client.pubsub(ignore_subscribe_messages=True)
+        self._pubsub.subscribe(channel)
+        self._requested = False
+
+    def requested(self) -> bool:
+        if not self._requested:
+            while (message := self._pubsub.get_message(timeout=0.0)) is not None:
+                if message.get("type") == "message":
+                    self._requested = True
+        return self._requested
+
+    def close(self) -> None:
+        self._pubsub.close()
+
+
 class RedisRecordStore(RecordStore):
     def __init__(self, client: redis.Redis, prefix: str) -> None:
         self.client = client
@@ -115,6 +134,12 @@ class RedisRecordStore(RecordStore):
 
     def lock_key(self, upload_id: str) -> str:
         return f"{self.prefix}:lock:{{{upload_id}}}"
+
+    def finals_key(self, partial_id: str) -> str:
+        return f"{self.prefix}:finals:{{{partial_id}}}"
+
+    def release_channel(self, upload_id: str) -> str:
+        return f"{self.prefix}:release:{{{upload_id}}}"
 
     @property
     def expiry_key(self) -> str:
@@ -185,12 +210,19 @@ class RedisRecordStore(RecordStore):
         pipe = self.client.pipeline(transaction=True)
         pipe.hset(key, "state", state.value)
         pipe.pexpire(key, max(1, int(keep_for * 1000)))
+        pipe.delete(self.finals_key(upload_id))
         pipe.execute()
         self.unindex([upload_id])
 
     def delete(self, upload_id: str) -> None:
-        self.client.delete(self.record_key(upload_id))
+        self.client.delete(self.record_key(upload_id), self.finals_key(upload_id))
         self.unindex([upload_id])
+
+    def add_waiting_final(self, partial_id: str, final_id: str) -> None:
+        self.client.sadd(self.finals_key(partial_id), final_id)
+
+    def waiting_finals(self, partial_id: str) -> list[str]:
+        return sorted(i.decode() for i in self.client.smembers(self.finals_key(partial_id)))
 
     # Lock -------------------------------------------------------------------
 
@@ -204,6 +236,12 @@ class RedisRecordStore(RecordStore):
 
     def release_lock(self, upload_id: str, token: str) -> None:
         self._release(keys=[self.lock_key(upload_id)], args=[token])
+
+    def request_release(self, upload_id: str) -> None:
+        self.client.publish(self.release_channel(upload_id), "release")
+
+    def listen_for_release(self, upload_id: str) -> PubSubReleaseListener:
+        return PubSubReleaseListener(self.client, self.release_channel(upload_id))
 
     # Expiry index -----------------------------------------------------------
 

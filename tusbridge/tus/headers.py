@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import re
+from urllib.parse import urlsplit
 
 # Offsets and lengths: plain decimal digits, no sign, small enough for a 64-bit file offset.
 _UINT = re.compile(r"[0-9]{1,19}")
@@ -57,3 +58,30 @@ def parse_metadata(raw: str) -> dict[str, bytes | None]:
 def metadata_text(metadata: dict[str, bytes | None]) -> dict[str, str | None]:
     """Metadata values as text for the record (invalid UTF-8 is replaced, the raw header keeps the bytes)."""
     return {k: (None if v is None else v.decode("utf-8", "replace")) for k, v in metadata.items()}
+
+
+_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+def parse_concat(value: str) -> tuple[str, list[str]]:
+    """Upload-Concat: ``partial``, or ``final;<url> <url> ...`` -> ("final", upload ids in order).
+
+    URLs may be absolute or relative; the upload id is the last path segment.
+    """
+    if value == "partial":
+        return "partial", []
+    kind, sep, urls = value.partition(";")
+    if kind != "final" or not sep:
+        raise ValueError("Upload-Concat must be 'partial' or 'final;<url> <url> ...'")
+    ids = []
+    for url in urls.split(" "):
+        if not url:
+            continue
+        path = urlsplit(url).path.rstrip("/")
+        upload_id = path.rsplit("/", 1)[-1]
+        if not _ID.fullmatch(upload_id):
+            raise ValueError(f"Upload-Concat names {url!r}, which is not an upload URL")
+        ids.append(upload_id)
+    if not ids:
+        raise ValueError("Upload-Concat: final lists no partial uploads")
+    return "final", ids

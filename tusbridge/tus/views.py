@@ -1,5 +1,6 @@
-"""The tus 1.0 endpoint: core protocol and the creation, creation-with-upload,
-creation-defer-length, expiration and termination extensions.
+"""The tus 1.0 endpoint: the core protocol and the creation,
+creation-with-upload, creation-defer-length, expiration, checksum,
+termination, concatenation and concatenation-unfinished extensions.
 
 CSRF: the views are exempt from Django's CSRF check because every request
 that changes state must carry ``Tus-Resumable`` (412 otherwise, before any
@@ -23,26 +24,34 @@ from django.views import View
 from django.views.decorators.csrf import csrf_exempt
 
 from .. import conf, errors
+from ..checksums import ALGORITHMS, Checksum, parse_checksum
 from ..permissions import owner_of
 from ..record import State, UploadRecord
-from ..service import Readable, UploadService, get_service
-from .headers import metadata_text, parse_metadata, parse_uint
+from ..service import UploadService, get_service
+from .body import polling_reads, request_body
+from .cors import add_cors_headers
+from .headers import metadata_text, parse_concat, parse_metadata, parse_uint
 
 TUS_VERSION = "1.0.0"
 OFFSET_CONTENT_TYPE = "application/offset+octet-stream"
-EXTENSIONS = ("creation", "creation-with-upload", "creation-defer-length", "expiration")
+
+# Always available; termination and concatenation depend on the data store.
+# checksum-trailer is not offered: WSGI gives applications no access to
+# request trailers (see the README).
+BASE_EXTENSIONS = ("creation", "creation-with-upload", "creation-defer-length", "expiration", "checksum")
 
 _STATUS: dict[type[errors.UploadError], int] = {
     errors.InvalidRequest: 400,
+    errors.AlreadyComplete: 400,
+    errors.NotComplete: 400,
     errors.PermissionDenied: 403,
+    errors.FinalUploadImmutable: 403,
     errors.NotFound: 404,
     errors.OffsetMismatch: 409,
     errors.LockLost: 409,
     errors.Gone: 410,
     errors.TooLarge: 413,
     errors.ExceedsLength: 413,
-    errors.AlreadyComplete: 400,
-    errors.NotComplete: 400,
     errors.Locked: 423,
     errors.ChecksumMismatch: 460,
     errors.StoreUnavailable: 503,
@@ -61,23 +70,8 @@ def _empty(status: int) -> HttpResponse:
     return response
 
 
-def request_body(request: HttpRequest) -> tuple[Readable, int | None]:
-    """The body as a stream, and its length when the client announced one.
-
-    Django sees an empty body when there is no Content-Length, so a chunked
-    body (which the WSGI server de-chunks and terminates) is read from
-    ``wsgi.input`` directly.
-    """
-    meta = request.META
-    if meta.get("CONTENT_LENGTH"):
-        try:
-            length = parse_uint("Content-Length", meta["CONTENT_LENGTH"])
-        except ValueError as exc:
-            raise errors.InvalidRequest(str(exc)) from None
-        return request, length
-    if "chunked" in meta.get("HTTP_TRANSFER_ENCODING", "").lower() and meta.get("wsgi.input_terminated"):
-        return meta["wsgi.input"], None
-    return io.BytesIO(), 0
+def _invalid(exc: ValueError) -> errors.InvalidRequest:
+    return errors.InvalidRequest(str(exc))
 
 
 @method_decorator(csrf_exempt, name="dispatch")
@@ -100,6 +94,7 @@ class TusView(View):
             response = _text(503, errors.StoreUnavailable.message)
             response["Retry-After"] = "5"
         response["Tus-Resumable"] = TUS_VERSION
+        add_cors_headers(request, response)
         return response
 
     def route(self, method: str, upload_id: str | None) -> Callable[[HttpRequest, Any], HttpResponse]:
@@ -123,6 +118,8 @@ class TusView(View):
         response = _text(status, exc.detail)
         if isinstance(exc, errors.OffsetMismatch):
             response["Upload-Offset"] = str(exc.current)
+        if isinstance(exc, errors.Locked):
+            response["Retry-After"] = "1"
         return response
 
     # Helpers ----------------------------------------------------------------
@@ -133,15 +130,23 @@ class TusView(View):
         if not hook(request, action, upload):
             raise errors.PermissionDenied()
 
-    def extensions(self, service: UploadService) -> list[str]:
-        extensions = list(EXTENSIONS)
+    @staticmethod
+    def extensions(service: UploadService) -> list[str]:
+        extensions = list(BASE_EXTENSIONS)
         if service.can_terminate:
             extensions.append("termination")
+        if service.can_concatenate:
+            extensions += ["concatenation", "concatenation-unfinished"]
         return extensions
 
     @staticmethod
     def upload_url(request: HttpRequest, upload_id: str) -> str:
-        """The absolute URL of an upload, below the collection URL the client posted to."""
+        """The absolute URL of an upload, below the collection URL the client posted to.
+
+        ``build_absolute_uri`` follows Django's proxy settings
+        (USE_X_FORWARDED_HOST, SECURE_PROXY_SSL_HEADER), so behind a trusted
+        proxy the URL carries the proxy's scheme and host.
+        """
         base = request.path if request.path.endswith("/") else request.path + "/"
         return request.build_absolute_uri(base + upload_id)
 
@@ -150,6 +155,28 @@ class TusView(View):
         if record.state is State.UPLOADING:
             response["Upload-Expires"] = http_date(record.expires_at)
 
+    @staticmethod
+    def checksum(request: HttpRequest) -> Checksum | None:
+        value = request.headers.get("Upload-Checksum")
+        if value is None:
+            return None
+        try:
+            return parse_checksum(value)
+        except ValueError as exc:
+            raise _invalid(exc) from None
+
+    @staticmethod
+    def metadata(request: HttpRequest) -> tuple[str, dict[str, str | None], str]:
+        """(raw header, parsed text values, file name) of Upload-Metadata."""
+        raw = request.headers.get("Upload-Metadata")
+        if raw is None:
+            return "", {}, ""
+        try:
+            text = metadata_text(parse_metadata(raw))
+        except ValueError as exc:
+            raise _invalid(exc) from None
+        return raw, text, text.get("filename") or text.get("name") or ""
+
     # Verbs ------------------------------------------------------------------
 
     def options_response(self, request: HttpRequest) -> HttpResponse:
@@ -157,6 +184,7 @@ class TusView(View):
         response = _empty(204)
         response["Tus-Version"] = TUS_VERSION
         response["Tus-Extension"] = ",".join(self.extensions(service))
+        response["Tus-Checksum-Algorithm"] = ",".join(ALGORITHMS)
         if service.max_size:
             response["Tus-Max-Size"] = str(service.max_size)
         return response
@@ -164,44 +192,81 @@ class TusView(View):
     def create(self, request: HttpRequest, _: None) -> HttpResponse:
         self.check_permission(request, "create", None)
         service = get_service()
-        length = self.creation_length(request)
-        metadata_raw = request.headers.get("Upload-Metadata")
-        metadata: dict[str, bytes | None] = {}
-        if metadata_raw is not None:
+        metadata_raw, metadata, filename = self.metadata(request)
+        concat_raw = request.headers.get("Upload-Concat")
+        concat, partial_ids = "", []
+        if concat_raw is not None:
             try:
-                metadata = parse_metadata(metadata_raw)
+                concat, partial_ids = parse_concat(concat_raw)
             except ValueError as exc:
-                raise errors.InvalidRequest(str(exc)) from None
+                raise _invalid(exc) from None
+        if concat == "final":
+            return self.create_final(request, service, concat_raw or "", partial_ids, metadata_raw, metadata, filename)
+
+        length = self.creation_length(request)
         with_upload = request.content_type == OFFSET_CONTENT_TYPE
         stream, content_length = request_body(request) if with_upload else (io.BytesIO(), 0)
+        checksum = self.checksum(request) if with_upload else None
         service.check_length(length)
         if length is not None and content_length is not None and content_length > length:
             raise errors.ExceedsLength(f"The request body is longer than Upload-Length ({length} bytes)")
 
-        text = metadata_text(metadata)
         record = service.create(
             owner=owner_of(request),
             protocol="tus",
             length=length,
-            metadata_raw=metadata_raw or "",
-            metadata=text,
-            filename=text.get("filename") or text.get("name") or "",
+            metadata_raw=metadata_raw,
+            metadata=metadata,
+            filename=filename,
+            concat=concat,
+            concat_raw=concat_raw or "",
         )
-        response = _text(201, "Created")
-        response["Location"] = self.upload_url(request, record.id)
+        location = self.upload_url(request, record.id)
         if with_upload and (content_length is None or content_length > 0):
             try:
-                record = service.append(
-                    record.id, record.owner, offset=0, stream=stream, content_length=content_length
-                ).record
+                with polling_reads(request, float(conf.get("POLL_INTERVAL"))):
+                    record = service.append(
+                        record.id,
+                        record.owner,
+                        offset=0,
+                        stream=stream,
+                        content_length=content_length,
+                        digest=checksum,
+                    ).record
             except errors.UploadError as exc:
                 # The upload exists either way; the client resumes from HEAD.
                 response = self.error_response(exc)
-                response["Location"] = self.upload_url(request, record.id)
+                response["Location"] = location
                 return response
+        response = _text(201, "Created")
+        response["Location"] = location
         if with_upload:
             response["Upload-Offset"] = str(record.offset)
         self.set_expires(response, record)
+        return response
+
+    def create_final(
+        self,
+        request: HttpRequest,
+        service: UploadService,
+        concat_raw: str,
+        partial_ids: list[str],
+        metadata_raw: str,
+        metadata: dict[str, str | None],
+        filename: str,
+    ) -> HttpResponse:
+        if "Upload-Length" in request.headers or "Upload-Defer-Length" in request.headers:
+            raise errors.InvalidRequest("A final upload takes its length from its partial uploads: send no Upload-Length")
+        record = service.create_final(
+            owner=owner_of(request),
+            partial_ids=partial_ids,
+            concat_raw=concat_raw,
+            metadata_raw=metadata_raw,
+            metadata=metadata,
+            filename=filename,
+        )
+        response = _text(201, "Created")
+        response["Location"] = self.upload_url(request, record.id)
         return response
 
     @staticmethod
@@ -221,18 +286,27 @@ class TusView(View):
             raise errors.InvalidRequest(f"{exc} (or send Upload-Defer-Length: 1)") from None
 
     def head(self, request: HttpRequest, upload_id: str) -> HttpResponse:
-        record = get_service().get(upload_id, owner_of(request))
+        service = get_service()
+        owner = owner_of(request)
+        record = service.settled(upload_id, owner)
         self.check_permission(request, "read", record)
+        if record.concat == "final" and record.state is State.UPLOADING:
+            record = service.assemble(upload_id) or record
         response = _empty(200)
         response["Cache-Control"] = "no-store"
-        response["Upload-Offset"] = str(record.offset)
-        if record.length is None:
-            response["Upload-Defer-Length"] = "1"
-        else:
+        if record.concat != "final" or record.is_complete:
+            # A final upload has no offset of its own until it is assembled.
+            response["Upload-Offset"] = str(record.offset)
+        if record.length is not None:
             response["Upload-Length"] = str(record.length)
+        elif record.concat != "final":
+            response["Upload-Defer-Length"] = "1"
         if record.metadata_raw:
             response["Upload-Metadata"] = record.metadata_raw
-        self.set_expires(response, record)
+        if record.concat_raw:
+            response["Upload-Concat"] = record.concat_raw
+        if record.concat != "final":
+            self.set_expires(response, record)
         return response
 
     def patch(self, request: HttpRequest, upload_id: str) -> HttpResponse:
@@ -246,16 +320,24 @@ class TusView(View):
                 else None
             )
         except ValueError as exc:
-            raise errors.InvalidRequest(str(exc)) from None
+            raise _invalid(exc) from None
+        checksum = self.checksum(request)
         stream, content_length = request_body(request)
         service = get_service()
         owner = owner_of(request)
         record = service.get(upload_id, owner)
         self.check_permission(request, "write", record)
         try:
-            result = service.append(
-                upload_id, owner, offset=offset, stream=stream, content_length=content_length, length=length
-            )
+            with polling_reads(request, float(conf.get("POLL_INTERVAL"))):
+                result = service.append(
+                    upload_id,
+                    owner,
+                    offset=offset,
+                    stream=stream,
+                    content_length=content_length,
+                    length=length,
+                    digest=checksum,
+                )
         except errors.AlreadyComplete:
             return self.patch_complete(service.get(upload_id, owner), offset, content_length)
         response = _empty(204)
