@@ -23,7 +23,7 @@ def new_upload_id() -> str:
 
 # Fields stored as JSON rather than as plain strings.
 _JSON_FIELDS = ("metadata", "partials", "extra")
-_INT_FIELDS = ("offset",)
+_INT_FIELDS = ("offset", "md5_offset")
 _OPTIONAL_INT_FIELDS = ("length",)
 _FLOAT_FIELDS = ("created_at", "updated_at", "expires_at")
 _OPTIONAL_FLOAT_FIELDS = ("completed_at",)
@@ -61,6 +61,10 @@ class UploadRecord:
     stored_name: str = ""
     # Protocol-specific attributes (e.g. the legacy view's extra attrs).
     extra: dict[str, Any] = field(default_factory=dict)
+    # Saved MD5 state (hex) of the first ``md5_offset`` bytes; current only
+    # while md5_offset == offset (see md5state).
+    md5_state: str = ""
+    md5_offset: int = -1
 
     @property
     def deferred(self) -> bool:

@@ -68,8 +68,12 @@ class RecordStore(abc.ABC):
         now: float,
         expires_at: float | None,
         auto_complete: bool,
+        fields: dict[str, object] | None = None,
     ) -> AdvanceResult:
         """Move the offset from ``expected`` to ``new`` in one atomic step.
+
+        ``fields`` are set in the same step (state that describes the bytes
+        up to ``new``, such as a running hash).
 
         Refused when the record is missing or not uploading, when the lock is
         no longer held by ``lock_token``, when the offset is not ``expected``,

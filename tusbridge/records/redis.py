@@ -17,7 +17,8 @@ import redis
 from ..record import State, UploadRecord, encode_field
 from .base import AdvanceResult, AdvanceStatus, RecordStore, ReleaseListener
 
-# KEYS: record, lock. ARGV: token, expected, new, now, expires_at|"", auto_complete 1|0.
+# KEYS: record, lock. ARGV: token, expected, new, now, expires_at|"", auto_complete 1|0,
+# then field/value pairs to set with the advance.
 _ADVANCE = """
 if ARGV[1] ~= '' and redis.call('GET', KEYS[2]) ~= ARGV[1] then return {'lock-lost', 0} end
 local f = redis.call('HMGET', KEYS[1], 'state', 'offset', 'length')
@@ -29,6 +30,7 @@ local new = tonumber(ARGV[3])
 if new < offset then return {'offset-mismatch', offset} end
 if f[3] ~= '' and new > tonumber(f[3]) then return {'past-length', offset} end
 redis.call('HSET', KEYS[1], 'offset', ARGV[3], 'updated_at', ARGV[4])
+for i = 7, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 if ARGV[5] ~= '' then redis.call('HSET', KEYS[1], 'expires_at', ARGV[5]) end
 if ARGV[6] == '1' and f[3] ~= '' and new == tonumber(f[3]) then
   redis.call('HSET', KEYS[1], 'state', 'complete', 'completed_at', ARGV[4])
@@ -167,7 +169,9 @@ class RedisRecordStore(RecordStore):
         now: float,
         expires_at: float | None,
         auto_complete: bool,
+        fields: dict[str, object] | None = None,
     ) -> AdvanceResult:
+        extra = [item for name, value in (fields or {}).items() for item in (name, encode_field(name, value))]
         status, offset = self._advance(
             keys=[self.record_key(upload_id), self.lock_key(upload_id)],
             args=[
@@ -177,6 +181,7 @@ class RedisRecordStore(RecordStore):
                 repr(now),
                 "" if expires_at is None else repr(expires_at),
                 "1" if auto_complete else "0",
+                *extra,
             ],
         )
         result = AdvanceResult(AdvanceStatus(status.decode()), int(offset))

@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from django.http import HttpRequest
 
 from .. import errors
-from ..service import Readable
+from ..appending import Readable
 from .headers import parse_uint
 
 

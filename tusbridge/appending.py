@@ -1,0 +1,191 @@
+"""One request's write to an upload, from taking the lock to commit or abort."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+from .data import Writer
+from .locking import HeldLock
+from .md5state import ResumableMD5
+from .record import UploadRecord
+from .records.base import AdvanceStatus
+
+if TYPE_CHECKING:
+    from .service import UploadService
+
+
+class Readable(Protocol):
+    def read(self, size: int = ..., /) -> bytes: ...
+
+
+class Digest(Protocol):
+    """A running checksum over the bytes of one request."""
+
+    def update(self, data: bytes, /) -> None: ...
+
+    def matches(self) -> bool: ...
+
+
+@dataclass(frozen=True)
+class AppendResult:
+    record: UploadRecord
+    # Bytes of this request that were stored.
+    written: int
+    # True for the one request whose bytes completed the upload.
+    completed: bool
+    # True when the body ended before its announced length (client went away).
+    interrupted: bool = False
+
+
+class AppendSession:
+    """Exclusive write access to one upload at one offset.
+
+    Opening it took the upload's lock and checked the offset. Bytes go
+    straight into the data store; they count only when ``commit`` advances
+    the offset, and ``abort`` cuts them off again. A session for a new upload
+    stores no record until it commits, so an aborted one leaves nothing.
+    """
+
+    def __init__(
+        self,
+        service: UploadService,
+        record: UploadRecord,
+        lock: HeldLock,
+        writer: Writer,
+        *,
+        auto_complete: bool,
+        slide_expiry: bool,
+        md5: ResumableMD5 | None,
+        new: bool,
+    ) -> None:
+        self.service = service
+        self.record = record
+        self.lock = lock
+        self.writer = writer
+        self.auto_complete = auto_complete
+        self.slide_expiry = slide_expiry
+        self.md5 = md5
+        self.new = new
+        self._open = True
+        self._created = False
+
+    @property
+    def upload_id(self) -> str:
+        return self.record.id
+
+    @property
+    def written(self) -> int:
+        return self.writer.written
+
+    @property
+    def room(self) -> int | None:
+        """How many more bytes the upload may take from this session."""
+        record, max_size = self.record, self.service.max_size
+        if record.length is not None:
+            return record.length - record.offset - self.written
+        if max_size:
+            return max_size - record.offset - self.written
+        return None
+
+    def write(self, data: bytes) -> None:
+        self.lock.keep_alive()
+        self.writer.write(data)
+        if self.md5 is not None:
+            self.md5.update(data)
+
+    def pump(self, stream: Readable, digest: Digest | None) -> tuple[bool, bool]:
+        """Copy a stream in bounded pieces; return (overflowed, interrupted).
+
+        Stops early, keeping what it stored, when another request asks for
+        the upload, when the client goes away, or when a stream that reads
+        with a timeout (see ``tus.body``) stays silent for the idle timeout.
+        """
+        read_size, idle_timeout = self.service.read_size, self.service.idle_timeout
+        idle_since: float | None = None
+        while True:
+            if self.lock.release_requested():
+                return False, True
+            room = self.room
+            want = read_size if room is None else min(read_size, room)
+            try:
+                # A full upload reads one more byte: any means the client sent too much.
+                piece = stream.read(want if want > 0 else 1)
+            except TimeoutError:
+                # No byte for a moment: a chance to hear release requests.
+                now = time.monotonic()
+                idle_since = idle_since or now
+                if now - idle_since >= idle_timeout:
+                    return False, True
+                self.lock.keep_alive()
+                continue
+            except OSError:
+                # The client went away (reset, truncated body).
+                return False, True
+            idle_since = None
+            if want <= 0:
+                return bool(piece), False
+            if not piece:
+                return False, False
+            self.write(piece)
+            if digest is not None:
+                digest.update(piece)
+
+    def commit(self, *, interrupted: bool = False) -> AppendResult:
+        """Make the written bytes count: advance the offset, release the lock, finish if complete."""
+        service, record = self.service, self.record
+        try:
+            self.writer.sync()
+            if self.new:
+                service.records.create(record)
+                self._created = True
+            now = time.time()
+            fields: dict[str, object] | None = None
+            if self.md5 is not None:
+                fields = {"md5_state": self.md5.state.hex(), "md5_offset": record.offset + self.written}
+            result = service.records.advance(
+                record.id,
+                expected=record.offset,
+                new=record.offset + self.written,
+                lock_token=self.lock.token,
+                now=now,
+                expires_at=now + service.expiry if self.slide_expiry else None,
+                auto_complete=self.auto_complete,
+                fields=fields,
+            )
+            service.check_advance(result)
+            written = self.written
+            record.offset = result.offset
+            if fields:
+                record.md5_state, record.md5_offset = str(fields["md5_state"]), record.offset
+        except BaseException:
+            self.abort()
+            raise
+        self._close()
+        completed = result.status is AdvanceStatus.COMPLETED
+        if completed:
+            record = service.finish(record.id) or record
+        return AppendResult(record=record, written=written, completed=completed, interrupted=interrupted)
+
+    def abort(self) -> None:
+        """Cut off what this session wrote and let go; a no-op after commit."""
+        if not self._open:
+            return
+        try:
+            if self.new:
+                if self._created:
+                    self.service.records.delete(self.record.id)
+                self.service.remove_data(self.record.id)
+            else:
+                self.writer.rollback()
+        finally:
+            self._close()
+
+    def _close(self) -> None:
+        if self._open:
+            self._open = False
+            try:
+                self.writer.close()
+            finally:
+                self.lock.release()

@@ -1,0 +1,89 @@
+"""The per-upload lock: one writer at a time, and a way to ask the writer to let go."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from . import errors
+from .records import RecordStore
+from .records.base import ReleaseListener
+
+
+class HeldLock:
+    """A lock this request holds: renewed while a long body streams in, and
+    listening for other requests that want the upload."""
+
+    # A request shorter than this never subscribes to release requests; a
+    # waiting request repeats its request, so it is heard once we listen.
+    LISTEN_AFTER = 0.2
+
+    def __init__(self, records: RecordStore, upload_id: str, token: str, ttl: float) -> None:
+        self.records = records
+        self.upload_id = upload_id
+        self.token = token
+        self.ttl = ttl
+        self._acquired = self._renewed = time.monotonic()
+        self._listener: ReleaseListener | None = None
+
+    def keep_alive(self) -> None:
+        """Renew once a third of the TTL has passed; raise LockLost if someone else has it now."""
+        now = time.monotonic()
+        if now - self._renewed < self.ttl / 3:
+            return
+        if not self.records.refresh_lock(self.upload_id, self.token, self.ttl):
+            raise errors.LockLost()
+        self._renewed = now
+
+    def release_requested(self) -> bool:
+        """True when another request asked for the upload (a client that reconnected)."""
+        if self._listener is None:
+            if time.monotonic() - self._acquired < self.LISTEN_AFTER:
+                return False
+            self._listener = self.records.listen_for_release(self.upload_id)
+        return self._listener.requested()
+
+    def release(self) -> None:
+        """Stop listening and let go; safe to call twice."""
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
+        if self.token:
+            self.records.release_lock(self.upload_id, self.token)
+            self.token = ""
+
+
+def acquire(records: RecordStore, upload_id: str, *, ttl: float, wait: float) -> HeldLock:
+    """Take the upload's lock.
+
+    When another request holds it, ask that request to let go (it stops at
+    its next piece, keeps the bytes it stored and unlocks) and wait up to
+    ``wait`` seconds; then give up with Locked.
+    """
+    token = records.acquire_lock(upload_id, ttl)
+    if token is None:
+        deadline = time.monotonic() + wait
+        next_request = 0.0
+        while token is None:
+            now = time.monotonic()
+            if now >= deadline:
+                raise errors.Locked(
+                    f"Upload is busy: another request holds it and did not release it within {wait:g} s"
+                )
+            if now >= next_request:
+                records.request_release(upload_id)
+                next_request = now + 0.25
+            time.sleep(0.02)
+            token = records.acquire_lock(upload_id, ttl)
+    return HeldLock(records, upload_id, token, ttl)
+
+
+@contextmanager
+def held(records: RecordStore, upload_id: str, *, ttl: float, wait: float) -> Iterator[HeldLock]:
+    """``acquire`` for the length of a ``with`` block."""
+    lock = acquire(records, upload_id, ttl=ttl, wait=wait)
+    try:
+        yield lock
+    finally:
+        lock.release()
