@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
@@ -88,6 +89,15 @@ class AppendSession:
         if max_size:
             return max_size - record.offset - self.written
         return None
+
+    def read_back(self, size: int = 1024 * 1024) -> Iterator[bytes]:
+        """The bytes written so far (for a caller that must move them to another upload)."""
+        remaining = self.written
+        with self.service.data.open(self.record.id) as fh:
+            fh.seek(self.record.offset)
+            while remaining > 0 and (piece := fh.read(min(size, remaining))):
+                remaining -= len(piece)
+                yield piece
 
     def write(self, data: bytes) -> None:
         self.lock.keep_alive()

@@ -53,6 +53,10 @@ DEFAULTS: dict[str, Any] = {
     "CORS_ALLOWED_ORIGINS": (),
     # Let cross-origin pages send cookies (session authentication).
     "CORS_ALLOW_CREDENTIALS": False,
+    # The legacy views that serve legacy requests on the tus URLs (a project's
+    # own subclasses of tusbridge.chunked_upload.views may be named here).
+    "LEGACY_CHUNK_VIEW": "tusbridge.chunked_upload.views.ChunkedUploadView",
+    "LEGACY_COMPLETE_VIEW": "tusbridge.chunked_upload.views.ChunkedUploadCompleteView",
     # Largest piece read from a request body at once.
     "READ_SIZE": 1024 * 1024,
 }

@@ -31,6 +31,6 @@ def storage_name(record: UploadRecord) -> str:
     return pattern.format(id=record.id, filename=safe_filename(record.filename))
 
 
-def hand_over(record: UploadRecord, file: File, storage: Storage) -> str:
-    """Save ``file`` into ``storage``; return the name the storage chose."""
-    return storage.save(storage_name(record), file)
+def hand_over(record: UploadRecord, file: File, storage: Storage, name: str | None = None) -> str:
+    """Save ``file`` into ``storage`` (under ``name``, else TUSBRIDGE_STORAGE_PATH); return the name the storage chose."""
+    return storage.save(name or storage_name(record), file)

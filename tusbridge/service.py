@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from django.core.files import File
+from django.core.files.storage import Storage
 
 from . import conf, errors, locking, md5state
 from .appending import AppendResult, AppendSession, Digest, Readable
@@ -33,6 +34,9 @@ from .signals import upload_completed
 __all__ = ["AppendResult", "AppendSession", "Digest", "Readable", "UploadService", "get_service"]
 
 logger = logging.getLogger("tusbridge")
+
+# Where a finished file goes instead of TUSBRIDGE_STORAGE: a Storage and a name in it.
+Target = tuple[Storage, str]
 
 
 class UploadService:
@@ -393,8 +397,11 @@ class UploadService:
 
     # Completing -------------------------------------------------------------
 
-    def complete(self, upload_id: str, owner: str) -> UploadRecord:
-        """Complete an upload whose bytes have all arrived (for protocols that confirm explicitly)."""
+    def complete(self, upload_id: str, owner: str, *, target: Target | None = None) -> UploadRecord:
+        """Complete an upload whose bytes have all arrived (for protocols that confirm explicitly).
+
+        ``target`` (a Storage and a name in it) overrides TUSBRIDGE_STORAGE for this upload.
+        """
         record = self.get(upload_id, owner)
         if record.state is State.COMPLETE:
             raise errors.AlreadyComplete()
@@ -403,21 +410,21 @@ class UploadService:
             if self.get(upload_id, owner).state is State.COMPLETE:
                 raise errors.AlreadyComplete()
             raise errors.NotComplete()
-        return self.finish(upload_id) or record
+        return self.finish(upload_id, target=target) or record
 
-    def finish(self, upload_id: str) -> UploadRecord | None:
+    def finish(self, upload_id: str, *, target: Target | None = None) -> UploadRecord | None:
         """Hand the file to the configured Storage and announce it; called once per upload."""
         record = self.records.get(upload_id)
         if record is None:
             return None
         if record.concat == "partial":
             return self._finish_partial(record)
-        storage = configured_storage()
+        storage, name = target if target is not None else (configured_storage(), None)
         with self.data.open(upload_id) as fh:
             file = File(fh, name=record.filename or upload_id)
             if storage is not None:
                 try:
-                    record.stored_name = hand_over(record, file, storage)
+                    record.stored_name = hand_over(record, file, storage, name)
                     self.records.update(upload_id, stored_name=record.stored_name)
                 except Exception:
                     # The bytes stay in the upload directory; nothing is lost.

@@ -1,12 +1,19 @@
-"""Mount with ``path("files/", include("tusbridge.urls"))``."""
+"""Mount with ``path("files/", include("tusbridge.urls"))``.
+
+- ``files/``: tus creation, and legacy chunks (multipart POSTs without Tus-Resumable);
+- ``files/complete/``: legacy completion (upload_id + md5);
+- ``files/<id>``: one upload over tus (HEAD, PATCH, DELETE).
+"""
 
 from django.urls import path, re_path
 
 from .tus.views import TusView
+from .views import collection, legacy_complete
 
 app_name = "tusbridge"
 
 urlpatterns = [
-    path("", TusView.as_view(), name="collection"),
+    path("", collection, name="collection"),
+    path("complete/", legacy_complete, name="complete"),
     re_path(r"^(?P<upload_id>[A-Za-z0-9_-]{1,64})/?$", TusView.as_view(), name="upload"),
 ]

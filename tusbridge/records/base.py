@@ -131,6 +131,10 @@ class RecordStore(abc.ABC):
         """The final uploads waiting for this partial upload."""
 
     @abc.abstractmethod
+    def created_before(self, when: float, limit: int) -> list[str]:
+        """Ids of known uploads (not tombstones) created before ``when``, oldest first."""
+
+    @abc.abstractmethod
     def due_for_expiry(self, now: float, limit: int) -> list[str]:
         """Ids whose indexed expiry time is not after ``now``."""
 

@@ -147,12 +147,17 @@ class RedisRecordStore(RecordStore):
     def expiry_key(self) -> str:
         return f"{self.prefix}:expiry"
 
+    @property
+    def created_key(self) -> str:
+        return f"{self.prefix}:created"
+
     # Records ----------------------------------------------------------------
 
     def create(self, record: UploadRecord) -> None:
         pipe = self.client.pipeline(transaction=False)
         pipe.hset(self.record_key(record.id), mapping=record.to_redis())
         pipe.zadd(self.expiry_key, {record.id: record.expires_at})
+        pipe.zadd(self.created_key, {record.id: record.created_at})
         pipe.execute()
 
     def get(self, upload_id: str) -> UploadRecord | None:
@@ -218,10 +223,12 @@ class RedisRecordStore(RecordStore):
         pipe.delete(self.finals_key(upload_id))
         pipe.execute()
         self.unindex([upload_id])
+        self.client.zrem(self.created_key, upload_id)
 
     def delete(self, upload_id: str) -> None:
         self.client.delete(self.record_key(upload_id), self.finals_key(upload_id))
         self.unindex([upload_id])
+        self.client.zrem(self.created_key, upload_id)
 
     def add_waiting_final(self, partial_id: str, final_id: str) -> None:
         self.client.sadd(self.finals_key(partial_id), final_id)
@@ -252,6 +259,10 @@ class RedisRecordStore(RecordStore):
 
     def due_for_expiry(self, now: float, limit: int) -> list[str]:
         ids = self.client.zrangebyscore(self.expiry_key, "-inf", now, start=0, num=limit)
+        return [i.decode() for i in ids]
+
+    def created_before(self, when: float, limit: int) -> list[str]:
+        ids = self.client.zrangebyscore(self.created_key, "-inf", f"({when!r}", start=0, num=limit)
         return [i.decode() for i in ids]
 
     def unindex(self, upload_ids: Iterable[str]) -> None:

@@ -1,0 +1,14 @@
+"""The error a legacy view raises to answer with a status and a JSON body."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class ChunkedUploadError(Exception):
+    """``ChunkedUploadError(status, detail=..., **more)`` becomes the response ``{detail, **more}``."""
+
+    def __init__(self, status: int, **data: Any) -> None:
+        super().__init__(status, data)
+        self.status_code = status
+        self.data = data
