@@ -45,6 +45,16 @@ def _csrf_protected_view(request: HttpRequest) -> HttpResponse:  # pragma: no co
     raise AssertionError("only used to ask CsrfViewMiddleware for a verdict")
 
 
+def check_usable(chunked_upload: ChunkedUpload) -> None:
+    """An expired or completed upload takes neither chunks nor a second completion."""
+        if chunked_upload.expired:
+            raise ChunkedUploadError(status=http_status.HTTP_410_GONE, detail="Upload has expired")
+        if chunked_upload.status == COMPLETE:
+            raise ChunkedUploadError(
+                status=http_status.HTTP_400_BAD_REQUEST, detail='Upload has already been marked as "complete"'
+            )
+
+
 class ChunkedUploadBaseView(View):
     """What both legacy views share: who may see which upload, the save hooks, errors as JSON."""
 
@@ -170,12 +180,7 @@ class ChunkedUploadView(ChunkedUploadBaseView):
         return chunked_upload
 
     def is_valid_chunked_upload(self, chunked_upload: ChunkedUpload) -> None:
-        if chunked_upload.expired:
-            raise ChunkedUploadError(status=http_status.HTTP_410_GONE, detail="Upload has expired")
-        if chunked_upload.status == COMPLETE:
-            raise ChunkedUploadError(
-                status=http_status.HTTP_400_BAD_REQUEST, detail='Upload has already been marked as "complete"'
-            )
+        check_usable(chunked_upload)
 
     def get_response_data(self, chunked_upload: ChunkedUpload, request: HttpRequest) -> dict[str, Any]:
         return {
@@ -274,12 +279,7 @@ class ChunkedUploadCompleteView(ChunkedUploadBaseView):
         """Hook: the finished file as an UploadedFile (read it, or save it into a FileField)."""
 
     def is_valid_chunked_upload(self, chunked_upload: ChunkedUpload) -> None:
-        if chunked_upload.expired:
-            raise ChunkedUploadError(status=http_status.HTTP_410_GONE, detail="Upload has expired")
-        if chunked_upload.status == COMPLETE:
-            raise ChunkedUploadError(
-                status=http_status.HTTP_400_BAD_REQUEST, detail='Upload has already been marked as "complete"'
-            )
+        check_usable(chunked_upload)
 
     def md5_check(self, chunked_upload: ChunkedUpload, md5: str) -> None:
         if chunked_upload.md5 != md5:
