@@ -47,12 +47,12 @@ def _csrf_protected_view(request: HttpRequest) -> HttpResponse:  # pragma: no co
 
 def check_usable(chunked_upload: ChunkedUpload) -> None:
     """An expired or completed upload takes neither chunks nor a second completion."""
-        if chunked_upload.expired:
-            raise ChunkedUploadError(status=http_status.HTTP_410_GONE, detail="Upload has expired")
-        if chunked_upload.status == COMPLETE:
-            raise ChunkedUploadError(
-                status=http_status.HTTP_400_BAD_REQUEST, detail='Upload has already been marked as "complete"'
-            )
+    if chunked_upload.expired:
+        raise ChunkedUploadError(status=http_status.HTTP_410_GONE, detail="Upload has expired")
+    if chunked_upload.status == COMPLETE:
+        raise ChunkedUploadError(
+            status=http_status.HTTP_400_BAD_REQUEST, detail='Upload has already been marked as "complete"'
+        )
 
 
 class ChunkedUploadBaseView(View):
