@@ -87,7 +87,9 @@ def _check_numbers() -> list[CheckMessage]:
     for name in ("EXPIRY", "RETENTION"):
         value = conf.get(name)
         if not isinstance(value, (timedelta, int, float)) or isinstance(value, bool) or conf.seconds(value) <= 0:
-            messages.append(Error(f"TUSBRIDGE_{name} must be a positive timedelta or number of seconds.", id="tusbridge.E004"))
+            messages.append(
+                Error(f"TUSBRIDGE_{name} must be a positive timedelta or number of seconds.", id="tusbridge.E004")
+            )
     for name in ("LOCK_TTL", "LOCK_WAIT", "REDIS_TIMEOUT"):
         value = conf.get(name)
         if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
@@ -124,7 +126,7 @@ def _check_cors() -> list[CheckMessage]:
 
     origins = conf.get("CORS_ALLOWED_ORIGINS")
     if isinstance(origins, str) or not all(isinstance(o, str) for o in origins):
-        return [Error("TUSBRIDGE_CORS_ALLOWED_ORIGINS must be a list of origins (or [\"*\"]).", id="tusbridge.E009")]
+        return [Error('TUSBRIDGE_CORS_ALLOWED_ORIGINS must be a list of origins (or ["*"]).', id="tusbridge.E009")]
     if not cors.cors_headers_active():
         return []
     messages: list[CheckMessage] = []
@@ -134,7 +136,7 @@ def _check_cors() -> list[CheckMessage]:
         messages.append(
             Warning(
                 "django-cors-headers does not allow the tus request headers " + ", ".join(missing) + ".",
-                hint="CORS_ALLOW_HEADERS = (*corsheaders.defaults.default_headers, *tusbridge.tus.cors.REQUEST_HEADERS)",
+                hint="CORS_ALLOW_HEADERS = (*default_headers, *tusbridge.tus.cors.REQUEST_HEADERS)",
                 id="tusbridge.W003",
             )
         )

@@ -60,9 +60,7 @@ def parse_checksum(value: str) -> Checksum:
     if not sep or not algorithm or not encoded or " " in encoded:
         raise ValueError("Upload-Checksum must be '<algorithm> <base64 digest>'")
     if algorithm not in ALGORITHMS:
-        raise ValueError(
-            f"Checksum algorithm {algorithm!r} is not supported (supported: {', '.join(ALGORITHMS)})"
-        )
+        raise ValueError(f"Checksum algorithm {algorithm!r} is not supported (supported: {', '.join(ALGORITHMS)})")
     try:
         expected = base64.b64decode(encoded.encode("ascii"), validate=True)
     except (binascii.Error, UnicodeEncodeError, ValueError):

@@ -32,5 +32,5 @@ def storage_name(record: UploadRecord) -> str:
 
 
 def hand_over(record: UploadRecord, file: File, storage: Storage, name: str | None = None) -> str:
-    """Save ``file`` into ``storage`` (under ``name``, else TUSBRIDGE_STORAGE_PATH); return the name the storage chose."""
+    """Save ``file`` into ``storage`` under ``name`` (else TUSBRIDGE_STORAGE_PATH); return the name used."""
     return storage.save(name or storage_name(record), file)

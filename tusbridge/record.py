@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 import secrets
 from dataclasses import dataclass, field, fields
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 
-class State(str, Enum):
+class State(StrEnum):
     UPLOADING = "uploading"
     COMPLETE = "complete"
     TERMINATED = "terminated"

@@ -389,8 +389,10 @@ class UploadService:
         missing = []
         for partial_id in dict.fromkeys(final.partials):
             partial = self.records.get(partial_id)
-            if partial is None or partial.state in (State.TERMINATED, State.EXPIRED) or (
-                partial.state is State.UPLOADING and partial.expires_at <= time.time()
+            if (
+                partial is None
+                or partial.state in (State.TERMINATED, State.EXPIRED)
+                or (partial.state is State.UPLOADING and partial.expires_at <= time.time())
             ):
                 missing.append(partial_id)
         return missing

@@ -67,7 +67,9 @@ class DirectChunkHandler(FileUploadHandler):
     def _fields(self) -> Any:
         return getattr(self.parser, "_post", None) or {}
 
-    def new_file(self, field_name: str, file_name: str, content_type: str, content_length: int | None, *args: Any, **kwargs: Any) -> None:
+    def new_file(
+        self, field_name: str, file_name: str, content_type: str, content_length: int | None, *args: Any, **kwargs: Any
+    ) -> None:
         super().new_file(field_name, file_name, content_type, content_length, *args, **kwargs)
         if field_name != self.view.field_name or self.session is not None:
             return

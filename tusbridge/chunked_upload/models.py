@@ -11,7 +11,7 @@ import json
 import os
 import time
 from collections.abc import Iterator
-from datetime import datetime, timezone as dt_timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from django.contrib.auth import get_user_model
@@ -31,7 +31,7 @@ from .exceptions import ChunkedUploadError
 
 
 def _datetime(timestamp: float | None) -> datetime | None:
-    return None if timestamp is None else datetime.fromtimestamp(timestamp, tz=dt_timezone.utc)
+    return None if timestamp is None else datetime.fromtimestamp(timestamp, tz=UTC)
 
 
 class StoredFile:
@@ -349,7 +349,8 @@ def _jsonable(name: str, value: Any) -> Any:
         return json.loads(DjangoJSONEncoder().encode(value))
     except TypeError:
         raise TypeError(
-            f"Upload attribute {name!r} must be JSON-serialisable to be stored with the upload (got {type(value).__name__})"
+            f"Upload attribute {name!r} must be JSON-serialisable to be kept with the upload"
+            f" (got {type(value).__name__})"
         ) from None
 
 

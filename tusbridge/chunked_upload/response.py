@@ -10,11 +10,10 @@ from . import settings
 
 
 class Response(HttpResponse):
-    def __init__(self, content: Any, status: int | None = None, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, content: Any, status: int | None = None, **kwargs: Any) -> None:
         super().__init__(
             content=settings.get("ENCODER")(content),
             content_type=settings.get("CONTENT_TYPE"),
             status=status,
-            *args,
             **kwargs,
         )

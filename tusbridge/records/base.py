@@ -10,12 +10,12 @@ from __future__ import annotations
 import abc
 from collections.abc import Iterable
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 
 from ..record import State, UploadRecord
 
 
-class AdvanceStatus(str, Enum):
+class AdvanceStatus(StrEnum):
     OK = "ok"
     COMPLETED = "completed"  # this advance made the upload complete (happens once)
     MISSING = "missing"

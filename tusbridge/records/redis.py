@@ -197,9 +197,7 @@ class RedisRecordStore(RecordStore):
         return result
 
     def set_length(self, upload_id: str, length: int, *, lock_token: str) -> bool:
-        done = self._set_length(
-            keys=[self.record_key(upload_id), self.lock_key(upload_id)], args=[lock_token, length]
-        )
+        done = self._set_length(keys=[self.record_key(upload_id), self.lock_key(upload_id)], args=[lock_token, length])
         return bool(done)
 
     def mark_complete(self, upload_id: str, *, now: float) -> AdvanceResult:

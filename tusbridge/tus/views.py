@@ -169,7 +169,8 @@ class TusView(View):
     def metadata(request: HttpRequest) -> tuple[str, dict[str, str | None], str]:
         """(raw header, parsed text values, file name) of Upload-Metadata."""
         raw = request.headers.get("Upload-Metadata")
-        if raw is None:
+        if raw is None or not raw.strip():
+            # An empty header carries no pairs; tuspy sends one when it has no metadata.
             return "", {}, ""
         try:
             text = metadata_text(parse_metadata(raw))
@@ -256,7 +257,9 @@ class TusView(View):
         filename: str,
     ) -> HttpResponse:
         if "Upload-Length" in request.headers or "Upload-Defer-Length" in request.headers:
-            raise errors.InvalidRequest("A final upload takes its length from its partial uploads: send no Upload-Length")
+            raise errors.InvalidRequest(
+                "A final upload takes its length from its partial uploads: send no Upload-Length"
+            )
         record = service.create_final(
             owner=owner_of(request),
             partial_ids=partial_ids,

@@ -1,0 +1,28 @@
+# Image of the example site: tusbridge installed from this checkout, served by
+# gunicorn with 2 sync workers on port 8000. Used by docker-compose.yml.
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+WORKDIR /app
+
+# The library first, so that editing the example does not reinstall it.
+COPY pyproject.toml ./
+COPY tusbridge ./tusbridge
+RUN pip install . "gunicorn>=22"
+
+COPY example ./example
+
+# example/var holds the sqlite db, the secret key and the uploads; it is a
+# volume in docker-compose.yml and must be writable by the unprivileged user.
+RUN useradd --create-home --uid 10001 app \
+    && mkdir -p /app/example/var/uploads \
+    && chown -R app:app /app/example/var
+USER app
+
+EXPOSE 8000
+
+CMD ["sh", "-c", "python example/bootstrap.py && exec gunicorn example_site.wsgi:application --chdir example --workers 2 --bind 0.0.0.0:8000 --access-logfile -"]

