@@ -148,7 +148,7 @@ class AppendSession:
         try:
             self.writer.sync()
             if self.new:
-                service.records.create(record)
+                service.store_new(record)
                 self._created = True
             now = time.time()
             fields: dict[str, object] | None = None
@@ -186,6 +186,7 @@ class AppendSession:
             if self.new:
                 if self._created:
                     self.service.records.delete(self.record.id)
+                self.service.unreserve(self.record)
                 self.service.remove_data(self.record.id)
             else:
                 self.writer.rollback()

@@ -24,6 +24,9 @@ DEFAULTS: dict[str, Any] = {
     "UPLOAD_DIR": None,
     # Largest upload accepted, in bytes (advertised as Tus-Max-Size); 0 = no limit.
     "MAX_SIZE": 0,
+    # Per logged-in user: uploads in progress at once, and their total length (0 = no limit).
+    "MAX_UPLOADS_PER_USER": 0,
+    "MAX_BYTES_PER_USER": 0,
     # How long an unfinished upload may sit idle before it expires.
     "EXPIRY": timedelta(days=1),
     # How long a finished or terminated upload stays known (HEAD answers, 410 after).

@@ -102,6 +102,12 @@ class ChecksumMismatch(UploadError):
     message = "Checksum mismatch"
 
 
+class QuotaExceeded(UploadError):
+    """The owner has too many uploads, or too many bytes, in progress."""
+
+    message = "Too many uploads in progress; finish or delete some first"
+
+
 class StoreUnavailable(UploadError):
     """The record store (Redis) cannot be reached."""
 

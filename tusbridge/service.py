@@ -22,7 +22,7 @@ from django.core.files.storage import Storage
 
 from . import conf, errors, locking, md5state
 from .appending import AppendResult, AppendSession, Digest, Readable
-from .data import Concatenator, DataStore, Terminator
+from .data import Concatenator, DataStore, InfoKeeper, Terminator
 from .data.filesystem import FileSystemDataStore
 from .handover import configured_storage, hand_over
 from .record import State, UploadRecord, new_upload_id
@@ -52,6 +52,8 @@ class UploadService:
         lock_wait: float = 5.0,
         read_size: int = 1024 * 1024,
         idle_timeout: float = 60.0,
+        max_uploads_per_user: int = 0,
+        max_bytes_per_user: int = 0,
     ) -> None:
         self.records = records
         self.data = data
@@ -62,6 +64,8 @@ class UploadService:
         self.lock_wait = lock_wait
         self.read_size = read_size
         self.idle_timeout = idle_timeout
+        self.max_uploads_per_user = max_uploads_per_user
+        self.max_bytes_per_user = max_bytes_per_user
 
     @property
     def can_terminate(self) -> bool:
@@ -149,11 +153,13 @@ class UploadService:
         ``values`` are further UploadRecord fields (metadata, filename, concat...).
         """
         record = self.new_record(owner=owner, protocol=protocol, length=length, **values)
-        self.data.create(record.id)
+        self.reserve(record)
         try:
-            self.records.create(record)
+            self.data.create(record.id)
+            self.store_new(record)
         except BaseException:
             # No record, so no file either: nothing is left half-made.
+            self.unreserve(record)
             self.remove_data(record.id)
             raise
         if length == 0 and self.records.mark_complete(record.id, now=time.time()).status is AdvanceStatus.COMPLETED:
@@ -162,18 +168,56 @@ class UploadService:
 
     def open_new(self, record: UploadRecord, *, track_md5: bool = False, auto_complete: bool = True) -> AppendSession:
         """Start writing a new upload whose record is stored only when the session commits."""
+        self.reserve(record)
         lock = locking.acquire(self.records, record.id, ttl=self.lock_ttl, wait=self.lock_wait)
         try:
             self.data.create(record.id)
             writer = self.data.writer(record.id, 0)
         except BaseException:
             lock.release()
+            self.unreserve(record)
             self.remove_data(record.id)
             raise
         md5 = md5state.ResumableMD5() if track_md5 and md5state.available() else None
         return AppendSession(
             self, record, lock, writer, auto_complete=auto_complete, slide_expiry=False, md5=md5, new=True
         )
+
+    def reserve(self, record: UploadRecord) -> None:
+        """Count a new upload against its owner's limits (logged-in owners only)."""
+        if not record.owner or not (self.max_uploads_per_user or self.max_bytes_per_user):
+            return
+        verdict = self.records.reserve(
+            record.owner,
+            record.id,
+            record.length or 0,
+            max_uploads=self.max_uploads_per_user,
+            max_bytes=self.max_bytes_per_user,
+        )
+        if verdict == "uploads":
+            raise errors.QuotaExceeded(
+                f"You have {self.max_uploads_per_user} uploads in progress already; finish or delete one first"
+            )
+        if verdict == "bytes":
+            raise errors.QuotaExceeded(
+                f"Your uploads in progress would exceed {self.max_bytes_per_user} bytes; finish or delete some first"
+            )
+
+    def unreserve(self, record: UploadRecord) -> None:
+        if record.owner:
+            self.records.unreserve(record.owner, record.id)
+
+    def store_new(self, record: UploadRecord) -> None:
+        """Store a new record, and its copy beside the data (see InfoKeeper)."""
+        self.records.create(record)
+        self.keep_info(record)
+
+    def keep_info(self, record: UploadRecord) -> None:
+        if isinstance(self.data, InfoKeeper):
+            info = record.to_redis()
+            for volatile in ("offset", "md5_state", "md5_offset", "updated_at"):
+                info.pop(volatile, None)
+            self.data.write_info(record.id, info)
 
     # Writing ----------------------------------------------------------------
 
@@ -297,6 +341,9 @@ class UploadService:
         if not self.records.set_length(record.id, length, lock_token=lock.token):
             raise errors.InvalidRequest("Upload-Length cannot change once it is set")
         record.length = length
+        if record.owner and (self.max_uploads_per_user or self.max_bytes_per_user):
+            self.records.reserve(record.owner, record.id, length, max_uploads=0, max_bytes=0)
+        self.keep_info(record)
         return record
 
     @staticmethod
@@ -347,7 +394,7 @@ class UploadService:
         )
         self.data.create(record.id)
         try:
-            self.records.create(record)
+            self.store_new(record)
             for partial_id in dict.fromkeys(partial_ids):
                 self.records.add_waiting_final(partial_id, record.id)
         except BaseException:
@@ -419,6 +466,7 @@ class UploadService:
         record = self.records.get(upload_id)
         if record is None:
             return None
+        self.unreserve(record)
         if record.concat == "partial":
             return self._finish_partial(record)
         storage, name = target if target is not None else (configured_storage(), None)
@@ -435,6 +483,8 @@ class UploadService:
             upload_completed.send(sender=type(self), upload=record, file=file)
         if record.stored_name:
             self.remove_data(upload_id)
+        else:
+            self.keep_info(record)
         return record
 
     def _finish_partial(self, record: UploadRecord) -> UploadRecord:
@@ -459,9 +509,17 @@ class UploadService:
         """Delete the upload's data; the id answers Gone for the retention period."""
         self.get(upload_id, owner)
         with self.locked(upload_id):
-            self.get(upload_id, owner)
+            record = self.get(upload_id, owner)
             self.remove_data(upload_id)
             self.records.retire(upload_id, State.TERMINATED, keep_for=self.retention)
+            self.unreserve(record)
+
+    def forget(self, record: UploadRecord, *, delete_data: bool = True) -> None:
+        """Delete an upload outright: no tombstone (the legacy protocol's delete)."""
+        self.records.delete(record.id)
+        self.unreserve(record)
+        if delete_data:
+            self.remove_data(record.id)
 
     def expire_due(self, now: float | None = None, batch: int = 500) -> int:
         """Remove every unfinished upload whose expiry time has passed; return how many.
@@ -498,8 +556,50 @@ class UploadService:
         else:
             self.remove_data(upload_id)
             self.records.retire(upload_id, State.EXPIRED, keep_for=self.retention)
+            self.unreserve(record)
             return 1
         return 0
+
+    # Recovering -------------------------------------------------------------
+
+    def rebuild(self, *, dry_run: bool = False) -> list[str]:
+        """Recreate lost records from the copies kept beside the data; return the ids rebuilt.
+
+        For use after Redis lost data. An unfinished upload's offset becomes
+        the size of its data file: every byte in it was sent by the client
+        for exactly that position. Its expiry restarts, so its client can
+        still resume it. Records that still exist are left alone.
+        """
+        if not isinstance(self.data, InfoKeeper):
+            return []
+        rebuilt = []
+        now = time.time()
+        for upload_id in self.data.upload_ids():
+            if self.records.get(upload_id) is not None:
+                continue
+            info = self.data.read_info(upload_id)
+            size = self.data.size(upload_id)
+            if info is None or size is None or info.get("id") != upload_id:
+                continue
+            record = UploadRecord.from_redis(info)
+            if record.state is State.UPLOADING:
+                record.offset = size if record.length is None else min(size, record.length)
+                record.expires_at = max(record.expires_at, now + self.expiry)
+            elif record.state is State.COMPLETE:
+                record.offset = record.length or size
+            else:
+                continue
+            rebuilt.append(upload_id)
+            if not dry_run:
+                self.records.create(record)
+                if record.state is State.UPLOADING:
+                    self.reserve_rebuilt(record)
+        return rebuilt
+
+    def reserve_rebuilt(self, record: UploadRecord) -> None:
+        """Count a rebuilt upload against its owner's limits without refusing it."""
+        if record.owner and (self.max_uploads_per_user or self.max_bytes_per_user):
+            self.records.reserve(record.owner, record.id, record.length or 0, max_uploads=0, max_bytes=0)
 
     @staticmethod
     def _expirable(record: UploadRecord) -> bool:
@@ -533,4 +633,6 @@ def get_service() -> UploadService:
         lock_wait=float(conf.get("LOCK_WAIT")),
         read_size=int(conf.get("READ_SIZE")),
         idle_timeout=conf.seconds(conf.get("IDLE_TIMEOUT")),
+        max_uploads_per_user=int(conf.get("MAX_UPLOADS_PER_USER") or 0),
+        max_bytes_per_user=int(conf.get("MAX_BYTES_PER_USER") or 0),
     )

@@ -33,11 +33,20 @@ if TYPE_CHECKING:
 class DirectChunk:
     """The file part as the view sees it when its bytes already went to the upload."""
 
-    def __init__(self, name: str, size: int, session: AppendSession, content_type: str | None) -> None:
+    def __init__(
+        self,
+        name: str,
+        size: int,
+        session: AppendSession,
+        content_type: str | None,
+        failure: OSError | None = None,
+    ) -> None:
         self.name = name
         self.size = size
         self.session = session
         self.content_type = content_type
+        # Set when the data store failed while the part streamed in (disk full...).
+        self.failure = failure
 
     def chunks(self, chunk_size: int | None = None) -> Iterator[bytes]:
         """Read the part back (only needed when the view files it under another upload)."""
@@ -52,6 +61,7 @@ class DirectChunkHandler(FileUploadHandler):
         self.session: AppendSession | None = None
         self.expected = 0
         self.received = 0
+        self.failure: OSError | None = None
 
     def install(self) -> None:
         """Put this handler first, and keep the parser reachable so fields read so far can be seen."""
@@ -106,15 +116,19 @@ class DirectChunkHandler(FileUploadHandler):
         # Never write past what Content-Range announced; the size check in
         # the view rejects such a part and the session is aborted.
         room = self.expected - self.received
-        if room > 0:
-            self.session.write(raw_data[:room])
+        if room > 0 and self.failure is None:
+            try:
+                self.session.write(raw_data[:room])
+            except OSError as exc:
+                # Read the rest of the part without writing; the view reports it.
+                self.failure = exc
         self.received += len(raw_data)
         return None
 
     def file_complete(self, file_size: int) -> DirectChunk | None:
         if self.session is None:
             return None
-        return DirectChunk(self.file_name or "", file_size, self.session, self.content_type)
+        return DirectChunk(self.file_name or "", file_size, self.session, self.content_type, self.failure)
 
     def upload_interrupted(self) -> None:
         self.abort()

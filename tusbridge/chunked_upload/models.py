@@ -7,6 +7,7 @@ upload record and offers the attributes and methods that views and
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import time
@@ -250,8 +251,12 @@ class ChunkedUpload:
         else:
             self._open_session()
             assert self._session is not None
-            for piece in chunk.chunks():
-                self._session.write(piece)
+            try:
+                for piece in chunk.chunks():
+                    self._session.write(piece)
+            except OSError as exc:
+                self.discard()
+                raise storage_error(exc) from exc
         if save:
             self.save()
 
@@ -323,9 +328,8 @@ class ChunkedUpload:
         """Forget the upload; with ``delete_file`` its data (and a handed-over file) go too."""
         self.discard()
         stored = self.file if self.record.stored_name else None
-        self.service.records.delete(self.upload_id)
+        self.service.forget(self.record, delete_data=delete_file)
         if delete_file:
-            self.service.remove_data(self.upload_id)
             if stored is not None and stored.storage is not None:
                 stored.storage.delete(stored.name)
 
@@ -354,6 +358,13 @@ def _jsonable(name: str, value: Any) -> Any:
         ) from None
 
 
+def storage_error(exc: OSError) -> ChunkedUploadError:
+    """A failed write of chunk data, as the legacy protocol reports it."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return ChunkedUploadError(507, detail="No space left to store the upload")
+    return ChunkedUploadError(500, detail=f"The upload data could not be written: {exc.strerror or exc}")
+
+
 def legacy_error(exc: errors.UploadError) -> ChunkedUploadError:
     """A service error as the legacy protocol reports it."""
     status = {
@@ -364,6 +375,7 @@ def legacy_error(exc: errors.UploadError) -> ChunkedUploadError:
         errors.LockLost: 409,
         errors.StoreUnavailable: 503,
         errors.StorageFull: 507,
+        errors.QuotaExceeded: 429,
     }
     code = next((c for cls, c in status.items() if isinstance(exc, cls)), 400)
     if isinstance(exc, errors.AlreadyComplete):

@@ -25,7 +25,7 @@ from . import settings
 from .constants import COMPLETE, http_status
 from .exceptions import ChunkedUploadError
 from .handlers import DirectChunkHandler
-from .models import ChunkedUpload
+from .models import ChunkedUpload, storage_error
 from .response import Response
 
 _CSRF_MIDDLEWARE = "django.middleware.csrf.CsrfViewMiddleware"
@@ -205,6 +205,9 @@ class ChunkedUploadView(ChunkedUploadBaseView):
         chunk = request.FILES.get(self.field_name)
         if chunk is None:
             raise ChunkedUploadError(status=http_status.HTTP_400_BAD_REQUEST, detail="No chunk file was submitted")
+        failure = getattr(chunk, "failure", None)
+        if failure is not None:
+            raise storage_error(failure)
         self.validate(request)
         upload_id = request.POST.get("upload_id")
         if upload_id:

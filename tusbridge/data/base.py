@@ -9,7 +9,7 @@ service advertises the matching tus extension only then.
 from __future__ import annotations
 
 import abc
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import BinaryIO, Protocol, runtime_checkable
 
 
@@ -63,6 +63,21 @@ class Terminator(Protocol):
     """A store that can delete an upload's data (tus termination, expiry)."""
 
     def remove(self, upload_id: str) -> None: ...
+
+
+@runtime_checkable
+class InfoKeeper(Protocol):
+    """A store that keeps a copy of each upload's record beside its data.
+
+    If the record store loses records (Redis restarted without persistence,
+    a key evicted), the copies and the data sizes are enough to rebuild them.
+    """
+
+    def write_info(self, upload_id: str, info: dict[str, str]) -> None: ...
+
+    def read_info(self, upload_id: str) -> dict[str, str] | None: ...
+
+    def upload_ids(self) -> Iterator[str]: ...
 
 
 @runtime_checkable

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import BinaryIO
 
 from .base import DataStore, Writer
 
+_INFO_SUFFIX = ".info"
 _ID_CHARS = frozenset("0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ-_")
 
 
@@ -85,10 +87,43 @@ class FileSystemDataStore(DataStore):
             return None
 
     def remove(self, upload_id: str) -> None:
+        for path in (self.path(upload_id), self._info_path(upload_id)):
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+
+    def _info_path(self, upload_id: str) -> str:
+        return self.path(upload_id) + _INFO_SUFFIX
+
+    def write_info(self, upload_id: str, info: dict[str, str]) -> None:
+        """Write ``<id>.info`` whole or not at all (temporary file, then rename)."""
+        path = self._info_path(upload_id)
+        temporary = f"{path}.{os.getpid()}.tmp"
+        with open(temporary, "w", encoding="utf-8") as fh:
+            json.dump(info, fh, separators=(",", ":"))
+            if self.fsync:
+                fh.flush()
+                os.fsync(fh.fileno())
+        os.replace(temporary, path)
+
+    def read_info(self, upload_id: str) -> dict[str, str] | None:
         try:
-            os.unlink(self.path(upload_id))
+            with open(self._info_path(upload_id), encoding="utf-8") as fh:
+                info = json.load(fh)
+        except (FileNotFoundError, ValueError):
+            return None
+        return info if isinstance(info, dict) else None
+
+    def upload_ids(self) -> Iterator[str]:
+        """Ids of the uploads that have data here."""
+        try:
+            names = os.listdir(self.directory)
         except FileNotFoundError:
-            pass
+            return
+        for name in names:
+            if set(name) <= _ID_CHARS:
+                yield name
 
     def concatenate(self, target_id: str, source_ids: Sequence[str]) -> None:
         """Join the sources into the target with in-kernel copies, never through Python buffers."""

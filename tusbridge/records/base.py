@@ -131,6 +131,18 @@ class RecordStore(abc.ABC):
         """The final uploads waiting for this partial upload."""
 
     @abc.abstractmethod
+    def reserve(self, owner: str, upload_id: str, length: int, *, max_uploads: int, max_bytes: int) -> str:
+        """Count an upload in progress against its owner's limits (0 = no limit), atomically.
+
+        Returns "ok", or "uploads" / "bytes" for the limit that refused it.
+        Reserving an id that is already counted updates its length.
+        """
+
+    @abc.abstractmethod
+    def unreserve(self, owner: str, upload_id: str) -> None:
+        """Stop counting an upload against its owner's limits."""
+
+    @abc.abstractmethod
     def created_before(self, when: float, limit: int) -> list[str]:
         """Ids of known uploads (not tombstones) created before ``when``, oldest first."""
 

@@ -64,6 +64,21 @@ if length == ARGV[2] then return 1 end
 return 0
 """
 
+# KEYS: the owner's active uploads (hash id -> length). ARGV: id, length, max uploads, max bytes.
+_RESERVE = """
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+  return 'ok'
+end
+local lengths = redis.call('HVALS', KEYS[1])
+if tonumber(ARGV[3]) > 0 and #lengths >= tonumber(ARGV[3]) then return 'uploads' end
+local total = tonumber(ARGV[2])
+for _, n in ipairs(lengths) do total = total + tonumber(n) end
+if tonumber(ARGV[4]) > 0 and total > tonumber(ARGV[4]) then return 'bytes' end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+return 'ok'
+"""
+
 # KEYS: lock. ARGV: token, ttl in ms.
 _REFRESH = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -128,6 +143,7 @@ class RedisRecordStore(RecordStore):
         self._set_length = client.register_script(_SET_LENGTH)
         self._refresh = client.register_script(_REFRESH)
         self._release = client.register_script(_RELEASE)
+        self._reserve = client.register_script(_RESERVE)
 
     # Keys -------------------------------------------------------------------
 
@@ -139,6 +155,9 @@ class RedisRecordStore(RecordStore):
 
     def finals_key(self, partial_id: str) -> str:
         return f"{self.prefix}:finals:{{{partial_id}}}"
+
+    def active_key(self, owner: str) -> str:
+        return f"{self.prefix}:active:{{{owner}}}"
 
     def release_channel(self, upload_id: str) -> str:
         return f"{self.prefix}:release:{{{upload_id}}}"
@@ -258,6 +277,13 @@ class RedisRecordStore(RecordStore):
     def due_for_expiry(self, now: float, limit: int) -> list[str]:
         ids = self.client.zrangebyscore(self.expiry_key, "-inf", now, start=0, num=limit)
         return [i.decode() for i in ids]
+
+    def reserve(self, owner: str, upload_id: str, length: int, *, max_uploads: int, max_bytes: int) -> str:
+        result = self._reserve(keys=[self.active_key(owner)], args=[upload_id, length, max_uploads, max_bytes])
+        return result.decode() if isinstance(result, bytes) else str(result)
+
+    def unreserve(self, owner: str, upload_id: str) -> None:
+        self.client.hdel(self.active_key(owner), upload_id)
 
     def created_before(self, when: float, limit: int) -> list[str]:
         ids = self.client.zrangebyscore(self.created_key, "-inf", f"({when!r}", start=0, num=limit)

@@ -53,6 +53,7 @@ _STATUS: dict[type[errors.UploadError], int] = {
     errors.TooLarge: 413,
     errors.ExceedsLength: 413,
     errors.Locked: 423,
+    errors.QuotaExceeded: 429,
     errors.ChecksumMismatch: 460,
     errors.StoreUnavailable: 503,
     errors.StorageFull: 507,
