@@ -60,6 +60,7 @@ class AppendSession:
         slide_expiry: bool,
         md5: ResumableMD5 | None,
         new: bool,
+        new_length: int | None = None,
     ) -> None:
         self.service = service
         self.record = record
@@ -69,6 +70,9 @@ class AppendSession:
         self.slide_expiry = slide_expiry
         self.md5 = md5
         self.new = new
+        # A deferred length this request sets; stored with the offset at commit,
+        # so a refused request leaves the upload as it was.
+        self.new_length = new_length
         self._open = True
         self._created = False
 
@@ -84,8 +88,9 @@ class AppendSession:
     def room(self) -> int | None:
         """How many more bytes the upload may take from this session."""
         record, max_size = self.record, self.service.max_size
-        if record.length is not None:
-            return record.length - record.offset - self.written
+        length = record.length if self.new_length is None else self.new_length
+        if length is not None:
+            return length - record.offset - self.written
         if max_size:
             return max_size - record.offset - self.written
         return None
@@ -163,10 +168,16 @@ class AppendSession:
                 expires_at=now + service.expiry if self.slide_expiry else None,
                 auto_complete=self.auto_complete,
                 fields=fields,
+                length=self.new_length,
             )
             service.check_advance(result)
             written = self.written
             record.offset = result.offset
+            if self.slide_expiry:
+                record.expires_at = now + service.expiry
+            if self.new_length is not None:
+                record.length = self.new_length
+                service.length_fixed(record)
             if fields:
                 record.md5_state, record.md5_offset = str(fields["md5_state"]), record.offset
         except BaseException:

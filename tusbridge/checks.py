@@ -12,7 +12,8 @@ from django.utils.module_loading import import_string
 
 from . import conf
 
-_SAFE_EVICTION = ("noeviction", "volatile-lru", "volatile-lfu", "volatile-random", "volatile-ttl")
+# Only noeviction is safe: volatile-* policies may evict a held lock (it has a TTL).
+_SAFE_EVICTION = ("noeviction",)
 
 
 @register("tusbridge")
@@ -53,7 +54,7 @@ def _check_redis() -> list[CheckMessage]:
             Warning(
                 f"Redis evicts keys under memory pressure (maxmemory-policy {policy}); "
                 "an evicted upload record loses track of its data.",
-                hint="Use maxmemory-policy noeviction (or a volatile-* policy) for the tusbridge database.",
+                hint="Use maxmemory-policy noeviction for the tusbridge database (volatile-* may evict a held lock).",
                 id="tusbridge.W002",
             )
         ]

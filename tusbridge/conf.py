@@ -29,7 +29,7 @@ DEFAULTS: dict[str, Any] = {
     "MAX_BYTES_PER_USER": 0,
     # How long an unfinished upload may sit idle before it expires.
     "EXPIRY": timedelta(days=1),
-    # How long a finished or terminated upload stays known (HEAD answers, 410 after).
+    # How long an expired or terminated upload answers 410 before it is forgotten.
     "RETENTION": timedelta(days=1),
     # Whether uploads may be made without a logged-in Django user.
     "ALLOW_ANONYMOUS": False,

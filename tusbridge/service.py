@@ -248,12 +248,11 @@ class UploadService:
             record = self.get(upload_id, owner)
             if record.concat == "final":
                 raise errors.FinalUploadImmutable()
-            if length is not None:
-                record = self._fix_length(record, length, lock)
             if record.state is State.COMPLETE:
                 raise errors.AlreadyComplete()
             if offset != record.offset:
                 raise errors.OffsetMismatch(record.offset)
+            new_length = self._new_length(record, length)
             writer = self.data.writer(upload_id, record.offset)
         except BaseException:
             lock.release()
@@ -263,7 +262,15 @@ class UploadService:
             # Keep a running MD5 current for uploads that started with one (legacy uploads).
             md5 = md5state.ResumableMD5(bytes.fromhex(record.md5_state))
         return AppendSession(
-            self, record, lock, writer, auto_complete=auto_complete, slide_expiry=slide_expiry, md5=md5, new=False
+            self,
+            record,
+            lock,
+            writer,
+            auto_complete=auto_complete,
+            slide_expiry=slide_expiry,
+            md5=md5,
+            new=False,
+            new_length=new_length,
         )
 
     def append(
@@ -320,6 +327,8 @@ class UploadService:
             raise errors.LockLost()
         if result.status is AdvanceStatus.MISSING:
             raise errors.NotFound()
+        if result.status is AdvanceStatus.LENGTH_MISMATCH:
+            raise errors.InvalidRequest("Upload-Length cannot change once it is set")
         if not result.ok:
             raise errors.OffsetMismatch(result.offset)
 
@@ -330,21 +339,25 @@ class UploadService:
             f"The request body runs past the upload's length of {record.length} bytes (offset {record.offset})"
         )
 
-    def _fix_length(self, record: UploadRecord, length: int, lock: locking.HeldLock) -> UploadRecord:
-        if record.length == length:
-            return record
+    def _new_length(self, record: UploadRecord, length: int | None) -> int | None:
+        """Check a length sent for a deferred upload; it is set only when the write commits.
+
+        Returns the length to set, or None when there is nothing to set.
+        """
+        if length is None or record.length == length:
+            return None
         if record.length is not None:
             raise errors.InvalidRequest("Upload-Length cannot change once it is set")
         if length < record.offset:
             raise errors.InvalidRequest("Upload-Length is smaller than the bytes already uploaded")
         self.check_length(length)
-        if not self.records.set_length(record.id, length, lock_token=lock.token):
-            raise errors.InvalidRequest("Upload-Length cannot change once it is set")
-        record.length = length
+        return length
+
+    def length_fixed(self, record: UploadRecord) -> None:
+        """After a deferred length was set: count it against the owner's limits, update the copy on disk."""
         if record.owner and (self.max_uploads_per_user or self.max_bytes_per_user):
-            self.records.reserve(record.owner, record.id, length, max_uploads=0, max_bytes=0)
+            self.records.reserve(record.owner, record.id, record.length or 0, max_uploads=0, max_bytes=0)
         self.keep_info(record)
-        return record
 
     @staticmethod
     def _storage_error(exc: OSError) -> errors.UploadError:
@@ -412,8 +425,6 @@ class UploadService:
             if not all(p is not None and p.state is State.COMPLETE for p in partials):
                 return None
             length = sum(p.length or 0 for p in partials if p is not None)
-            if final.length is None and not self.records.set_length(final_id, length, lock_token=lock.token):
-                return None
             assert isinstance(self.data, Concatenator)
             self.data.concatenate(final_id, final.partials)
             now = time.time()
@@ -425,6 +436,7 @@ class UploadService:
                 now=now,
                 expires_at=None,
                 auto_complete=True,
+                length=None if final.length is not None else length,
             )
             self.check_advance(result)
         if result.status is AdvanceStatus.COMPLETED:

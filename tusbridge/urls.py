@@ -15,5 +15,6 @@ app_name = "tusbridge"
 urlpatterns = [
     path("", collection, name="collection"),
     path("complete/", legacy_complete, name="complete"),
-    re_path(r"^(?P<upload_id>[A-Za-z0-9_-]{1,64})/?$", TusView.as_view(), name="upload"),
+    # Any segment reaches the view, so that an unknown id is a tus 404 (with Tus-Resumable).
+    re_path(r"^(?P<upload_id>[^/]+)/?$", TusView.as_view(), name="upload"),
 ]

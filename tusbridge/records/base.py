@@ -23,6 +23,7 @@ class AdvanceStatus(StrEnum):
     LOCK_LOST = "lock-lost"
     OFFSET_MISMATCH = "offset-mismatch"
     PAST_LENGTH = "past-length"
+    LENGTH_MISMATCH = "length-mismatch"
 
 
 @dataclass(frozen=True)
@@ -69,8 +70,12 @@ class RecordStore(abc.ABC):
         expires_at: float | None,
         auto_complete: bool,
         fields: dict[str, object] | None = None,
+        length: int | None = None,
     ) -> AdvanceResult:
         """Move the offset from ``expected`` to ``new`` in one atomic step.
+
+        ``length`` sets a deferred length in the same step (refused with
+        LENGTH_MISMATCH when a different length is already set).
 
         ``fields`` are set in the same step (state that describes the bytes
         up to ``new``, such as a running hash).
@@ -81,10 +86,6 @@ class RecordStore(abc.ABC):
         reaching the length marks the record complete, and only the one call
         that does so reports COMPLETED.
         """
-
-    @abc.abstractmethod
-    def set_length(self, upload_id: str, length: int, *, lock_token: str) -> bool:
-        """Fix a deferred length once; False if it was already set to another value."""
 
     @abc.abstractmethod
     def mark_complete(self, upload_id: str, *, now: float) -> AdvanceResult:

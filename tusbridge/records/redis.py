@@ -18,21 +18,26 @@ from ..record import State, UploadRecord, encode_field
 from .base import AdvanceResult, AdvanceStatus, RecordStore, ReleaseListener
 
 # KEYS: record, lock. ARGV: token, expected, new, now, expires_at|"", auto_complete 1|0,
-# then field/value pairs to set with the advance.
+# length to set|"", then field/value pairs to set with the advance.
 _ADVANCE = """
-if ARGV[1] ~= '' and redis.call('GET', KEYS[2]) ~= ARGV[1] then return {'lock-lost', 0} end
+if redis.call('GET', KEYS[2]) ~= ARGV[1] then return {'lock-lost', 0} end
 local f = redis.call('HMGET', KEYS[1], 'state', 'offset', 'length')
 if not f[1] then return {'missing', 0} end
 local offset = tonumber(f[2])
 if f[1] ~= 'uploading' then return {'not-uploading', offset} end
 if offset ~= tonumber(ARGV[2]) then return {'offset-mismatch', offset} end
+local length = f[3]
+if ARGV[7] ~= '' then
+  if length ~= '' and length ~= ARGV[7] then return {'length-mismatch', offset} end
+  length = ARGV[7]
+end
 local new = tonumber(ARGV[3])
 if new < offset then return {'offset-mismatch', offset} end
-if f[3] ~= '' and new > tonumber(f[3]) then return {'past-length', offset} end
-redis.call('HSET', KEYS[1], 'offset', ARGV[3], 'updated_at', ARGV[4])
-for i = 7, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+if length ~= '' and new > tonumber(length) then return {'past-length', offset} end
+redis.call('HSET', KEYS[1], 'offset', ARGV[3], 'updated_at', ARGV[4], 'length', length)
+for i = 8, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 if ARGV[5] ~= '' then redis.call('HSET', KEYS[1], 'expires_at', ARGV[5]) end
-if ARGV[6] == '1' and f[3] ~= '' and new == tonumber(f[3]) then
+if ARGV[6] == '1' and length ~= '' and new == tonumber(length) then
   redis.call('HSET', KEYS[1], 'state', 'complete', 'completed_at', ARGV[4])
   return {'completed', new}
 end
@@ -48,20 +53,6 @@ if f[1] ~= 'uploading' then return {'not-uploading', offset} end
 if f[3] == '' or offset ~= tonumber(f[3]) then return {'offset-mismatch', offset} end
 redis.call('HSET', KEYS[1], 'state', 'complete', 'completed_at', ARGV[1])
 return {'completed', offset}
-"""
-
-# KEYS: record, lock. ARGV: token, length.
-_SET_LENGTH = """
-if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
-local length = redis.call('HGET', KEYS[1], 'length')
-if length == false then return 0 end
-if length == '' then
-  if tonumber(ARGV[2]) < tonumber(redis.call('HGET', KEYS[1], 'offset')) then return 0 end
-  redis.call('HSET', KEYS[1], 'length', ARGV[2])
-  return 1
-end
-if length == ARGV[2] then return 1 end
-return 0
 """
 
 # KEYS: the owner's active uploads (hash id -> length). ARGV: id, length, max uploads, max bytes.
@@ -140,7 +131,6 @@ class RedisRecordStore(RecordStore):
         self.prefix = prefix
         self._advance = client.register_script(_ADVANCE)
         self._complete = client.register_script(_COMPLETE)
-        self._set_length = client.register_script(_SET_LENGTH)
         self._refresh = client.register_script(_REFRESH)
         self._release = client.register_script(_RELEASE)
         self._reserve = client.register_script(_RESERVE)
@@ -194,6 +184,7 @@ class RedisRecordStore(RecordStore):
         expires_at: float | None,
         auto_complete: bool,
         fields: dict[str, object] | None = None,
+        length: int | None = None,
     ) -> AdvanceResult:
         extra = [item for name, value in (fields or {}).items() for item in (name, encode_field(name, value))]
         status, offset = self._advance(
@@ -205,6 +196,7 @@ class RedisRecordStore(RecordStore):
                 repr(now),
                 "" if expires_at is None else repr(expires_at),
                 "1" if auto_complete else "0",
+                "" if length is None else str(length),
                 *extra,
             ],
         )
@@ -214,10 +206,6 @@ class RedisRecordStore(RecordStore):
         elif result.status is AdvanceStatus.COMPLETED:
             self.unindex([upload_id])
         return result
-
-    def set_length(self, upload_id: str, length: int, *, lock_token: str) -> bool:
-        done = self._set_length(keys=[self.record_key(upload_id), self.lock_key(upload_id)], args=[lock_token, length])
-        return bool(done)
 
     def mark_complete(self, upload_id: str, *, now: float) -> AdvanceResult:
         status, offset = self._complete(keys=[self.record_key(upload_id)], args=[repr(now)])
