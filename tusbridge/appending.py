@@ -40,6 +40,16 @@ class AppendResult:
     interrupted: bool = False
 
 
+def _read(stream: Readable, size: int) -> bytes:
+    """Read, letting a read timeout show as TimeoutError even where a wrapper renamed it."""
+    try:
+        return stream.read(size)
+    except OSError as exc:
+        if not isinstance(exc, TimeoutError) and isinstance(exc.__cause__ or exc.__context__, TimeoutError):
+            raise TimeoutError(str(exc)) from exc
+        raise
+
+
 class AppendSession:
     """Exclusive write access to one upload at one offset.
 
@@ -126,7 +136,7 @@ class AppendSession:
             want = read_size if room is None else min(read_size, room)
             try:
                 # A full upload reads one more byte: any means the client sent too much.
-                piece = stream.read(want if want > 0 else 1)
+                piece = _read(stream, want if want > 0 else 1)
             except TimeoutError:
                 # No byte for a moment: a chance to hear release requests.
                 now = time.monotonic()

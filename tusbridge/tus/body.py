@@ -14,6 +14,28 @@ from ..appending import Readable
 from .headers import parse_uint
 
 
+class BodyReader:
+    """``wsgi.input`` limited to Content-Length.
+
+    Django's own request stream would do, except that it turns every read
+    error into UnreadablePostError, which hides the read timeouts that
+    ``polling_reads`` relies on.
+    """
+
+    def __init__(self, stream: Readable, length: int) -> None:
+        self._stream = stream
+        self._remaining = length
+
+    def read(self, size: int = -1, /) -> bytes:
+        if self._remaining <= 0:
+            return b""
+        if size < 0 or size > self._remaining:
+            size = self._remaining
+        data = self._stream.read(size)
+        self._remaining -= len(data)
+        return data
+
+
 def request_body(request: HttpRequest) -> tuple[Readable, int | None]:
     """The body as a stream, and its length when the client announced one.
 
@@ -27,7 +49,9 @@ def request_body(request: HttpRequest) -> tuple[Readable, int | None]:
             length = parse_uint("Content-Length", meta["CONTENT_LENGTH"])
         except ValueError as exc:
             raise errors.InvalidRequest(str(exc)) from None
-        return request, length
+        if getattr(request, "_read_started", False) or "wsgi.input" not in meta:
+            return request, length  # something already read from it through Django
+        return BodyReader(meta["wsgi.input"], length), length
     if "chunked" in meta.get("HTTP_TRANSFER_ENCODING", "").lower() and meta.get("wsgi.input_terminated"):
         return meta["wsgi.input"], None
     return io.BytesIO(), 0

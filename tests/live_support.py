@@ -1,0 +1,338 @@
+"""Helpers for tests that speak tus over real HTTP to a live gunicorn server.
+
+Besides small conveniences (auth cookie, Redis record, data file), this module
+has :class:`RawRequest`: an HTTP/1.1 request written by hand on its own socket,
+so a test can hold a request half-sent (headers not yet terminated, or a body
+cut short), find out *which gunicorn worker accepted it* and then finish it or
+drop the connection.
+
+Which worker holds a connection is read from /proc: the server side of our
+TCP connection appears in ``/proc/net/tcp`` with a socket inode once a worker
+has ``accept()``-ed it (inode 0 while it waits in the listen backlog), and that
+inode is among the file descriptors of exactly one worker process.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import os
+import socket
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
+from urllib.parse import urlsplit
+
+import requests
+from django.core.files.storage import FileSystemStorage
+
+if TYPE_CHECKING:
+    from tests.conftest import GunicornServer
+
+TUS_VERSION = "1.0.0"
+OFFSET_CT = "application/offset+octet-stream"
+TUS = {"Tus-Resumable": TUS_VERSION}
+HAS_PROC_NET = Path("/proc/net/tcp").is_file()
+
+T = TypeVar("T")
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        while piece := fh.read(1 << 20):
+            digest.update(piece)
+    return digest.hexdigest()
+
+
+def upload_id_of(url: str) -> str:
+    """The upload id: the last path segment of an upload URL."""
+    return urlsplit(url).path.rstrip("/").rsplit("/", 1)[-1]
+
+
+def path_of(url: str) -> str:
+    return urlsplit(url).path
+
+
+def data_path(server: GunicornServer, upload_id: str) -> Path:
+    """Where the server's filesystem data store keeps an upload's bytes."""
+    return server.upload_dir / upload_id
+
+
+def data_of(server: GunicornServer, upload_id: str) -> bytes | None:
+    path = data_path(server, upload_id)
+    return path.read_bytes() if path.exists() else None
+
+
+def record_key(server: GunicornServer, upload_id: str) -> str:
+    return f"{server.key_prefix}:upload:{{{upload_id}}}"
+
+
+def lock_key(server: GunicornServer, upload_id: str) -> str:
+    return f"{server.key_prefix}:lock:{{{upload_id}}}"
+
+
+def record_of(server: GunicornServer, upload_id: str) -> dict[str, str]:
+    """The upload's Redis hash, decoded (empty when there is no record)."""
+    client = server.redis_client()
+    try:
+        raw = client.hgetall(record_key(server, upload_id))
+    finally:
+        client.close()
+    return {k.decode(): v.decode() for k, v in raw.items()}
+
+
+def is_locked(server: GunicornServer, upload_id: str) -> bool:
+    client = server.redis_client()
+    try:
+        return bool(client.exists(lock_key(server, upload_id)))
+    finally:
+        client.close()
+
+
+def poll(check: Callable[[], T | None], what: str, timeout: float = 15.0, interval: float = 0.02) -> T:
+    """Call ``check`` until it returns something other than None/False; fail after ``timeout``.
+
+    Bounded waiting for the server to reach a state, never a timing assertion.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value is not None and value is not False:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"gave up waiting for {what}")
+        time.sleep(interval)
+
+
+def cookie_header(session: requests.Session) -> str:
+    """The session's cookies as one ``Cookie`` header value (for raw sockets and tuspy)."""
+    return "; ".join(f"{c.name}={c.value}" for c in session.cookies)
+
+
+def auth(session: requests.Session, **extra: str) -> dict[str, str]:
+    """Tus-Resumable plus the login cookie, plus ``extra`` headers."""
+    return {**TUS, "Cookie": cookie_header(session), **extra}
+
+
+def head(server: GunicornServer, session: requests.Session, url: str) -> requests.Response:
+    """A HEAD on a fresh connection (gunicorn's sync workers close after each response)."""
+    return requests.head(url, headers=auth(session), timeout=30)
+
+
+def head_offset(server: GunicornServer, session: requests.Session, url: str) -> int:
+    response = head(server, session, url)
+    assert response.status_code == 200, (response.status_code, response.text)
+    return int(response.headers["Upload-Offset"])
+
+
+def create(
+    server: GunicornServer,
+    session: requests.Session,
+    length: int | None,
+    metadata: str | None = None,
+) -> str:
+    """POST a new upload (deferred when ``length`` is None); return its absolute URL."""
+    headers = auth(session)
+    if length is None:
+        headers["Upload-Defer-Length"] = "1"
+    else:
+        headers["Upload-Length"] = str(length)
+    if metadata is not None:
+        headers["Upload-Metadata"] = metadata
+    response = requests.post(server.files_url, headers=headers, timeout=30)
+    assert response.status_code == 201, (response.status_code, response.text)
+    return response.headers["Location"]
+
+
+def patch(session: requests.Session, url: str, offset: int, body: bytes, **extra: str) -> requests.Response:
+    headers = auth(session, **{"Content-Type": OFFSET_CT, "Upload-Offset": str(offset)}, **extra)
+    return requests.patch(url, data=body, headers=headers, timeout=60)
+
+
+def worker_of_inode(server: GunicornServer, inode: int) -> int | None:
+    """The worker pid that has socket ``inode`` among its file descriptors."""
+    target = f"socket:[{inode}]"
+    for pid in server.worker_pids():
+        fd_dir = Path(f"/proc/{pid}/fd")
+        try:
+            names = os.listdir(fd_dir)
+        except OSError:
+            continue
+        for name in names:
+            try:
+                if os.readlink(fd_dir / name) == target:
+                    return pid
+            except OSError:
+                continue
+    return None
+
+
+def accepted_inode(server_port: int, client_port: int) -> int | None:
+    """Inode of the server-side socket of our connection once a process accepted it."""
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            local, remote, inode = fields[1], fields[2], int(fields[9])
+            if (
+                int(local.rsplit(":", 1)[1], 16) == server_port
+                and int(remote.rsplit(":", 1)[1], 16) == client_port
+                and inode != 0
+            ):
+                return inode
+    return None
+
+
+#: /proc/net/tcp states of a connection that a process still has to finish with.
+_OPEN_STATES = {"01", "08"}  # ESTABLISHED, CLOSE_WAIT (the peer closed, we have not)
+
+
+def server_done_with(server_port: int, client_port: int) -> bool:
+    """True once the server closed its side of our connection (it finished the request).
+
+    While the request waits in the backlog or a worker handles it, the server
+    side is ESTABLISHED, or CLOSE_WAIT after the client closed; once the worker
+    has answered and closed it is LAST_ACK or gone.
+    """
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            local, remote, state = fields[1], fields[2], fields[3]
+            if (
+                int(local.rsplit(":", 1)[1], 16) == server_port
+                and int(remote.rsplit(":", 1)[1], 16) == client_port
+                and state in _OPEN_STATES
+            ):
+                return False
+    return True
+
+
+def wait_server_done(server: GunicornServer, client_port: int) -> None:
+    """Bounded wait until the server has finished with the connection from ``client_port``."""
+    poll(lambda: server_done_with(server.port, client_port), f"the server to finish with port {client_port}")
+
+
+@dataclass
+class RawResponse:
+    status: int
+    headers: http.client.HTTPMessage
+    body: bytes
+
+
+class RawRequest:
+    """One HTTP/1.1 request on its own socket, sent piece by piece.
+
+    The constructor sends the request line and headers *without* the blank
+    line that ends them, so a worker accepts the connection and then waits;
+    ``worker_pid()`` names that worker. ``send``/``finish`` continue the request.
+    """
+
+    def __init__(
+        self,
+        server: GunicornServer,
+        method: str,
+        path: str,
+        headers: Mapping[str, str],
+        *,
+        terminate_headers: bool = False,
+    ) -> None:
+        self.server = server
+        self.method = method
+        self.sock = socket.create_connection(("127.0.0.1", server.port), timeout=60)
+        self.client_port = int(self.sock.getsockname()[1])
+        lines = [f"{method} {path} HTTP/1.1", f"Host: 127.0.0.1:{server.port}"]
+        lines += [f"{name}: {value}" for name, value in headers.items()]
+        head_bytes = ("\r\n".join(lines) + "\r\n").encode("latin-1")
+        self.headers_ended = terminate_headers
+        self.sock.sendall(head_bytes + (b"\r\n" if terminate_headers else b""))
+
+    def worker_pid(self, timeout: float = 15.0) -> int:
+        """The gunicorn worker that accepted this connection (bounded polling of /proc)."""
+
+        def lookup() -> int | None:
+            inode = accepted_inode(self.server.port, self.client_port)
+            return None if inode is None else worker_of_inode(self.server, inode)
+
+        return poll(lookup, f"a worker to accept the connection from port {self.client_port}", timeout)
+
+    def end_headers(self) -> None:
+        if not self.headers_ended:
+            self.sock.sendall(b"\r\n")
+            self.headers_ended = True
+
+    def send(self, data: bytes) -> None:
+        self.end_headers()
+        self.sock.sendall(data)
+
+    def response(self) -> RawResponse:
+        """Read the whole response, then close the socket."""
+        self.end_headers()
+        try:
+            reply = http.client.HTTPResponse(self.sock, method=self.method)
+            reply.begin()
+            body = reply.read()
+            return RawResponse(reply.status, reply.headers, body)
+        finally:
+            self.close()
+
+    def finish(self, body: bytes = b"") -> RawResponse:
+        self.send(body)
+        return self.response()
+
+    def close(self) -> None:
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+
+def request_on_other_worker(
+    server: GunicornServer,
+    avoid_pid: int | None,
+    method: str,
+    path: str,
+    headers: Mapping[str, str],
+) -> tuple[RawRequest, int]:
+    """Start a request that is served by a worker other than ``avoid_pid``.
+
+    If the first connection lands on ``avoid_pid``, that worker is now busy
+    waiting for the rest of the headers, so a second connection must go to
+    the other worker; the first one is then dropped before it was a complete
+    request (the app never sees it).
+    """
+    first = RawRequest(server, method, path, headers)
+    pid = first.worker_pid()
+    if avoid_pid is None or pid != avoid_pid:
+        return first, pid
+    second = RawRequest(server, method, path, headers)
+    try:
+        other = second.worker_pid()
+    finally:
+        first.close()
+    assert other != pid, "two connections held at once were accepted by the same sync worker"
+    return second, other
+
+
+class LiveStorage(FileSystemStorage):
+    """TUSBRIDGE_STORAGE for live servers: a FileSystemStorage in $TUSBRIDGE_LIVE_STORAGE_DIR.
+
+    The test settings have no MEDIA_ROOT, so Django's default storage would
+    write into the working directory; this one writes where the test says.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(location=os.environ["TUSBRIDGE_LIVE_STORAGE_DIR"])
