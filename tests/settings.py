@@ -115,3 +115,16 @@ if "TUSBRIDGE_TEST_STORAGE" in os.environ:
     TUSBRIDGE_STORAGE = None if _storage in {"", "none", "None"} else _storage
 if "TUSBRIDGE_TEST_PERMISSION" in os.environ:
     TUSBRIDGE_PERMISSION = os.environ["TUSBRIDGE_TEST_PERMISSION"]
+
+# Timing settings the live tests shorten (seconds, or bytes for READ_SIZE).
+for _name, _convert in (
+    ("LOCK_WAIT", float),
+    ("LOCK_TTL", float),
+    ("POLL_INTERVAL", float),
+    ("IDLE_TIMEOUT", float),
+    ("READ_SIZE", int),
+    ("MAX_UPLOADS_PER_USER", int),
+    ("MAX_BYTES_PER_USER", int),
+):
+    if f"TUSBRIDGE_TEST_{_name}" in os.environ:
+        globals()[f"TUSBRIDGE_{_name}"] = _convert(os.environ[f"TUSBRIDGE_TEST_{_name}"])

@@ -131,6 +131,7 @@ class AppendSession:
         idle_since: float | None = None
         while True:
             if self.lock.release_requested():
+                self._store_buffered(stream, digest)
                 return False, True
             room = self.room
             want = read_size if room is None else min(read_size, room)
@@ -142,6 +143,7 @@ class AppendSession:
                 now = time.monotonic()
                 idle_since = idle_since or now
                 if now - idle_since >= idle_timeout:
+                    self._store_buffered(stream, digest)
                     return False, True
                 self.lock.keep_alive()
                 continue
@@ -156,6 +158,20 @@ class AppendSession:
             self.write(piece)
             if digest is not None:
                 digest.update(piece)
+
+    def _store_buffered(self, stream: Readable, digest: Digest | None) -> None:
+        """Before stopping early, write what the server received but no read returned yet."""
+        drain = getattr(stream, "drain", None)
+        if drain is None:
+            return
+        data = drain()
+        room = self.room
+        if room is not None:
+            data = data[: max(room, 0)]
+        if data:
+            self.write(data)
+            if digest is not None:
+                digest.update(data)
 
     def commit(self, *, interrupted: bool = False) -> AppendResult:
         """Make the written bytes count: advance the offset, release the lock, finish if complete."""

@@ -120,6 +120,15 @@ def _check_imports() -> list[CheckMessage]:
     return messages
 
 
+def _cors_headers_defaults() -> tuple[str, ...]:
+    """django-cors-headers' own header list, which applies when CORS_ALLOW_HEADERS is not set."""
+    try:
+        from corsheaders.defaults import default_headers
+    except ImportError:
+        return ()
+    return tuple(default_headers)
+
+
 def _check_cors() -> list[CheckMessage]:
     from django.conf import settings
 
@@ -131,9 +140,9 @@ def _check_cors() -> list[CheckMessage]:
     if not cors.cors_headers_active():
         return []
     messages: list[CheckMessage] = []
-    allowed = {h.lower() for h in getattr(settings, "CORS_ALLOW_HEADERS", ())}
+    allowed = {h.lower() for h in getattr(settings, "CORS_ALLOW_HEADERS", _cors_headers_defaults())}
     missing = [h for h in cors.REQUEST_HEADERS if h.lower() not in allowed]
-    if missing and allowed:
+    if missing:
         messages.append(
             Warning(
                 "django-cors-headers does not allow the tus request headers " + ", ".join(missing) + ".",

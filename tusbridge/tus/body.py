@@ -6,6 +6,7 @@ import io
 import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from django.http import HttpRequest
 
@@ -34,6 +35,35 @@ class BodyReader:
         data = self._stream.read(size)
         self._remaining -= len(data)
         return data
+
+    def drain(self) -> bytes:
+        """Bytes that arrived but that no read returned yet, without waiting for more.
+
+        A read that times out leaves what it received so far in gunicorn's
+        buffers (the next read would return it). A request that stops early
+        (another request wants the upload) takes those bytes too, so that
+        every byte that reached the server is stored. Other servers keep no
+        such buffer here, and give nothing.
+        """
+        data = _take_gunicorn_buffer(self._stream)[: max(self._remaining, 0)]
+        self._remaining -= len(data)
+        return data
+
+
+def _take_gunicorn_buffer(stream: Any) -> bytes:
+    """What a gunicorn request body of known length holds in its buffers, emptied."""
+    reader = getattr(stream, "reader", None)
+    unreader = getattr(reader, "unreader", None)
+    body_buffer = getattr(stream, "buf", None)
+    read_buffer = getattr(unreader, "buf", None)
+    if type(reader).__name__ != "LengthReader" or not isinstance(body_buffer, io.BytesIO):
+        return b""
+    if not isinstance(read_buffer, io.BytesIO):
+        return b""
+    data = body_buffer.getvalue() + read_buffer.getvalue()
+    stream.buf = io.BytesIO()
+    unreader.buf = io.BytesIO()
+    return data
 
 
 def request_body(request: HttpRequest) -> tuple[Readable, int | None]:

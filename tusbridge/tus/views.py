@@ -235,8 +235,12 @@ class TusView(View):
                         content_length=content_length,
                         digest=checksum,
                     ).record
+            except errors.ChecksumMismatch as exc:
+                # Nothing of the body was kept: the upload is not created at all.
+                service.forget(record)
+                return self.error_response(exc)
             except errors.UploadError as exc:
-                # The upload exists either way; the client resumes from HEAD.
+                # The upload exists with what was stored; the client resumes from HEAD.
                 response = self.error_response(exc)
                 response["Location"] = location
                 return response
