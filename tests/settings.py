@@ -27,6 +27,7 @@ INSTALLED_APPS = [
     "django.contrib.sessions",
     "django.contrib.messages",
     "tusbridge",
+    "tests.legacyapp",
 ]
 
 MIDDLEWARE = [

@@ -335,7 +335,7 @@ class ChunkedUpload:
 
     def get_uploaded_file(self) -> UploadedFile:
         """The finished file as ``on_completion`` receives it: named after ``filename``, size = offset."""
-        return UploadedFile(file=self.file.open("rb"), name=self.filename, size=self.offset)
+        return UploadedFile(file=self.file.open("rb"), name=self.filename or self.upload_id, size=self.offset)
 
     def chunks(self) -> Iterator[bytes]:
         with self.file.open("rb") as fh:

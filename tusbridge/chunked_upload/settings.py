@@ -62,8 +62,11 @@ def get(name: str) -> Any:
     if hasattr(django_settings, setting):
         value = getattr(django_settings, setting)
         if name == "STORAGE":
-            # A dotted path of a Storage class, instantiated like the original did.
-            return import_string(value)() if isinstance(value, str) else value
+            # Like the original: a Storage class (or any callable) is called; a
+            # dotted path is imported first; an instance is used as it is.
+            if isinstance(value, str):
+                value = import_string(value)
+            return value() if callable(value) else value
         return value
     return _DEFAULTS[name]()
 
