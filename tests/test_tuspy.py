@@ -8,6 +8,7 @@ uploading process was SIGKILLed in the middle of a PATCH body.
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import math
 import os
@@ -23,6 +24,7 @@ from pathlib import Path
 import pytest
 import requests
 from tusclient import client
+from tusclient.exceptions import TusCommunicationError
 from tusclient.storage.filestorage import FileStorage
 from tusclient.uploader import Uploader
 
@@ -46,8 +48,8 @@ from tests.live_support import (
 pytestmark = pytest.mark.live
 
 CHUNK = 256 * 1024
-# tuspy always sends Upload-Metadata, empty when it has no metadata, and the
-# server refuses an empty header (400): uploads here always carry a filename.
+# tuspy always sends Upload-Metadata (empty when it has no metadata); uploads
+# here carry a filename so that the records can be checked by name.
 META = {"filename": "resume.bin"}
 
 
@@ -271,3 +273,54 @@ def test_tuspy_resume_after_uploader_process_is_killed(
         storage.close()
     assert patches == math.ceil((len(data) - server_offset) / CHUNK)
     assert_stored(server, upload_id, data)
+
+
+class LyingChecksumUploader(Uploader):
+    """An uploader whose Upload-Checksum never matches the chunk it sends."""
+
+    CHECKSUM_ALGORITHM_PAIR = ("sha1", lambda chunk: hashlib.sha1(chunk + b"!"))
+
+
+def test_tuspy_upload_with_checksums(
+    gunicorn_server: GunicornServer, tus_client: client.TusClient, tmp_path: Path
+) -> None:
+    """tuspy's checksum extension: every PATCH carries a sha1 the server verifies."""
+    data = make_file(tmp_path / "summed.bin", 1024 * 1024 + 77)
+    uploader = tus_client.uploader(
+        file_path=str(tmp_path / "summed.bin"), chunk_size=CHUNK, metadata=META, upload_checksum=True
+    )
+    uploader.upload()
+    assert_stored(gunicorn_server, upload_id_of(uploader.url), data)
+
+
+def test_tuspy_wrong_checksum_is_refused_and_stores_nothing(
+    gunicorn_server: GunicornServer, tus_client: client.TusClient, tmp_path: Path
+) -> None:
+    """A chunk whose checksum does not match is answered 460 and leaves the upload as it was."""
+    server = gunicorn_server
+    make_file(tmp_path / "lied.bin", CHUNK * 2)
+    uploader = LyingChecksumUploader(
+        file_path=str(tmp_path / "lied.bin"),
+        client=tus_client,
+        chunk_size=CHUNK,
+        metadata=META,
+        upload_checksum=True,
+        retries=0,
+    )
+    with pytest.raises(TusCommunicationError) as failure:
+        uploader.upload_chunk()
+    assert failure.value.status_code == 460
+    upload_id = upload_id_of(uploader.url)
+    assert data_path(server, upload_id).stat().st_size == 0
+    assert record_of(server, upload_id)["offset"] == "0"
+
+
+def test_tuspy_upload_without_metadata(
+    gunicorn_server: GunicornServer, tus_client: client.TusClient, tmp_path: Path
+) -> None:
+    """tuspy sends an empty Upload-Metadata header when it has no metadata; that is no metadata, not an error."""
+    data = make_file(tmp_path / "bare.bin", 300_000)
+    uploader = tus_client.uploader(file_path=str(tmp_path / "bare.bin"), chunk_size=CHUNK)
+    uploader.upload()
+    record = assert_stored(gunicorn_server, upload_id_of(uploader.url), data)
+    assert record["metadata_raw"] == "" and json.loads(record["metadata"]) == {}
