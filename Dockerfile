@@ -1,5 +1,12 @@
 # Image of the example site: tusbridge installed from this checkout, served by
 # gunicorn with 2 sync workers on port 8000. Used by docker-compose.yml.
+
+# The example pages' JavaScript (Uppy, jQuery-File-Upload...) from the npm registry.
+FROM node:20-slim AS js
+WORKDIR /js
+COPY example/package.json example/package-lock.json ./
+RUN npm ci --no-audit --no-fund
+
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -15,6 +22,7 @@ COPY tusbridge ./tusbridge
 RUN pip install . "gunicorn>=22"
 
 COPY example ./example
+COPY --from=js /js/node_modules ./example/node_modules
 
 # example/var holds the sqlite db, the secret key and the uploads; it is a
 # volume in docker-compose.yml and must be writable by the unprivileged user.

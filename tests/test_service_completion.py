@@ -234,3 +234,34 @@ def test_a_failing_storage_keeps_the_local_file(
     assert len(completions) == 1
     assert completions[0].content == b"precious"
     assert completions[0].upload.stored_name == ""
+
+
+def test_a_failing_receiver_does_not_fail_the_completion(
+    t: Tus, completions: list[Completion], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A receiver that raises is logged; the PATCH still succeeds and later receivers still run."""
+    from tusbridge.signals import upload_completed
+
+    later: list[bytes] = []
+
+    def broken(**kwargs: Any) -> None:
+        raise RuntimeError("the project's database is locked")
+
+    def after(file: Any, **kwargs: Any) -> None:
+        later.append(b"".join(file.chunks()))  # chunks() starts from the beginning
+
+    upload_completed.connect(broken, dispatch_uid="broken-receiver")
+    upload_completed.connect(after, dispatch_uid="later-receiver")
+    try:
+        url = t.create(5).headers["Location"]
+        with caplog.at_level("ERROR", logger="tusbridge"):
+            response = t.patch(url, b"hello", 0)
+    finally:
+        upload_completed.disconnect(dispatch_uid="broken-receiver")
+        upload_completed.disconnect(dispatch_uid="later-receiver")
+    assert response.status_code == 204
+    assert response.headers["Upload-Offset"] == "5"
+    assert len(completions) == 1 and completions[0].content == b"hello"
+    assert later == [b"hello"]  # connected after the failing receiver, and still called
+    assert "the project's database is locked" in caplog.text
+    assert get_service().records.get(upload_id_of(url)).state is State.COMPLETE

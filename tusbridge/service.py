@@ -492,12 +492,24 @@ class UploadService:
                     # The bytes stay in the upload directory; nothing is lost.
                     logger.exception("tusbridge: handing upload %s to storage failed", upload_id)
                 file.seek(0)
-            upload_completed.send(sender=type(self), upload=record, file=file)
+            self._announce(record, file)
         if record.stored_name:
             self.remove_data(upload_id)
         else:
             self.keep_info(record)
         return record
+
+    def _announce(self, record: UploadRecord, file: File) -> None:
+        """Send upload_completed. The upload is complete whatever a receiver does: a receiver
+        that fails is logged, and neither fails the request nor keeps other receivers from running."""
+        for receiver, result in upload_completed.send_robust(sender=type(self), upload=record, file=file):
+            if isinstance(result, Exception):
+                logger.error(
+                    "tusbridge: upload_completed receiver %r failed for upload %s",
+                    receiver,
+                    record.id,
+                    exc_info=(type(result), result, result.__traceback__),
+                )
 
     def _finish_partial(self, record: UploadRecord) -> UploadRecord:
         """A partial upload is not a file of its own: it only completes the finals that wait for it.
