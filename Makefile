@@ -10,16 +10,20 @@ STAMP := $(VENV)/.tusbridge-dev-installed
 # Extra arguments: `make test NOX_ARGS='-- -k harness'`, `make test-fast PYTEST_ARGS='-x'`.
 NOX_ARGS ?=
 PYTEST_ARGS ?=
+# `make bench BENCH_ARGS='--scale 0.1 --repeats 1'` for a quick run.
+BENCH_ARGS ?=
 
 .DEFAULT_GOAL := help
 
-.PHONY: help venv test test-fast demo clean
+.PHONY: help venv js test test-fast demo bench clean
 
 help:
 	@echo "make venv       create .venv and install tusbridge with the dev extras"
+	@echo "make js         npm ci in example/: the browser clients of the example pages"
 	@echo "make test       run the suite on Django 4.2 and 5.2 (nox)"
 	@echo "make test-fast  run the suite once in .venv on its Django"
 	@echo "make demo       run the example site with gunicorn on http://127.0.0.1:8000/"
+	@echo "make bench      benchmarks against peers and a ceiling -> benchmarks/REPORT.md (BENCH_ARGS=...)"
 	@echo "make clean      remove nox environments, build output and test artifacts"
 
 venv: $(STAMP)
@@ -32,6 +36,13 @@ $(STAMP): pyproject.toml | $(VENV_BIN)/python
 	$(VENV_BIN)/python -m pip install -e '.[dev]'
 	touch $@
 
+# The example's browser clients (Uppy, jQuery-File-Upload, ...) from npm, as
+# locked in example/package-lock.json; re-installed when the lock file changes.
+js: example/node_modules/.package-lock.json
+
+example/node_modules/.package-lock.json: example/package-lock.json
+	cd example && npm ci --no-audit --no-fund
+
 test: venv
 	$(VENV_BIN)/nox -r $(NOX_ARGS)
 
@@ -40,6 +51,9 @@ test-fast: venv
 
 demo: venv
 	bash scripts/demo.sh
+
+bench: venv
+	$(VENV_BIN)/python benchmarks/run.py $(BENCH_ARGS)
 
 clean:
 	rm -rf .nox build test-artifacts *.egg-info

@@ -9,6 +9,13 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "${root}"
 
 make --no-print-directory venv
+# The browser pages (/uppy/, /legacy/, /migrate/) need the npm packages of
+# example/package.json; the rest of the demo works without them.
+if command -v npm >/dev/null 2>&1; then
+    make --no-print-directory js
+else
+    echo "warning: npm not found; install Node.js 20+ and run 'make js' for the browser pages" >&2
+fi
 py="${root}/.venv/bin/python"
 var_dir="${root}/example/var"
 bind="${DEMO_BIND:-127.0.0.1:8000}"

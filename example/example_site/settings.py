@@ -4,6 +4,11 @@ Everything that differs between a laptop and a container comes from the
 environment: ``REDIS_URL``, ``TUSBRIDGE_UPLOAD_DIR``, ``TUSBRIDGE_ALLOW_ANONYMOUS``,
 ``TUSBRIDGE_MAX_SIZE``, ``DJANGO_DEBUG``, ``DJANGO_ALLOWED_HOSTS``,
 ``DJANGO_SECRET_KEY`` and ``EXAMPLE_VAR_DIR`` (database, secret key, uploads).
+
+The browser clients (Uppy, jQuery-File-Upload, SparkMD5, tus-js-client) come
+from npm: ``npm ci`` in ``example/`` (``make demo`` runs it) installs them into
+``example/node_modules``, and staticfiles serves their ``dist`` folders from
+there under ``/static/<package>/``. Nothing is loaded from a CDN.
 """
 
 from __future__ import annotations
@@ -48,8 +53,9 @@ INSTALLED_APPS = [
     "django.contrib.contenttypes",
     "django.contrib.sessions",
     "django.contrib.messages",
+    "django.contrib.staticfiles",
     "tusbridge",
-    "example_site",  # for its templates
+    "example_site",  # templates, static files, the FinishedUpload model
 ]
 
 MIDDLEWARE = [
@@ -60,6 +66,8 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Lets the upload_completed receiver see which protocol finished an upload.
+    "example_site.middleware.current_request_middleware",
 ]
 
 ROOT_URLCONF = "example_site.urls"
@@ -84,6 +92,8 @@ DATABASES = {
     "default": {
         "ENGINE": "django.db.backends.sqlite3",
         "NAME": VAR_DIR / "db.sqlite3",
+        # Two gunicorn workers write to one file: wait for the other's lock.
+        "OPTIONS": {"timeout": 20},
     }
 }
 
@@ -94,6 +104,23 @@ TIME_ZONE = "UTC"
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "home"
 LOGOUT_REDIRECT_URL = "home"
+
+# --- static files ------------------------------------------------------------
+# The example's own CSS/JS live in example_site/static/; the clients' files are
+# served straight out of the npm packages' dist folders (no build step, no
+# collectstatic): example_site/urls.py routes /static/ to staticfiles' finders.
+STATIC_URL = "/static/"
+NODE_MODULES = BASE_DIR / "node_modules"
+NPM_STATIC_DIRS = {
+    "uppy": NODE_MODULES / "uppy" / "dist",  # uppy.min.js (global Uppy) + uppy.min.css
+    "jquery": NODE_MODULES / "jquery" / "dist",
+    "blueimp-file-upload": NODE_MODULES / "blueimp-file-upload" / "js",
+    "spark-md5": NODE_MODULES / "spark-md5",
+    "tus-js-client": NODE_MODULES / "tus-js-client" / "dist",
+}
+# Only folders that exist: before `npm ci` the pages say what is missing
+# instead of `manage.py check` warning about absent directories.
+STATICFILES_DIRS = [(prefix, str(path)) for prefix, path in NPM_STATIC_DIRS.items() if path.is_dir()]
 
 LOGGING = {
     "version": 1,

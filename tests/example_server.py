@@ -1,0 +1,384 @@
+"""The example project (``example/``) served by real gunicorn, and headless Chromium to drive it.
+
+Used by the browser tests (``tests/test_browser_*.py``):
+
+``example_server`` (session)
+    An :class:`ExampleServer`: ``example_site.wsgi`` under gunicorn with 2 sync
+    workers on a free port, the suite's private Redis (own key prefix), its own
+    sqlite database, secret key and upload directory, and the ``demo`` user
+    with a known password (set up by ``example/bootstrap.py``, as ``make demo``
+    does). Before it starts, ``npm ci`` installs the example's JavaScript
+    packages into ``example/node_modules`` if they are missing or older than
+    ``example/package-lock.json``.
+``browser`` (session)
+    Debian's ``/usr/bin/chromium`` driven by Playwright. Tests that use it are
+    skipped, with the reason printed, only when that binary is missing; no
+    browser is ever downloaded.
+``demo_page`` (function)
+    A fresh browser context (empty localStorage) logged in as ``demo``. At the
+    end of the test a full-page screenshot of it is saved under
+    ``test-artifacts/screenshots/`` and its path printed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+import requests
+
+from tests.conftest import (
+    _LIVE_SERVERS,
+    ROOT,
+    RedisServer,
+    _copy_artifact,
+    _gunicorn_version_args,
+    _tail,
+    _terminate,
+    free_port,
+)
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Browser, Page
+
+EXAMPLE_DIR = ROOT / "example"
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+SCREENSHOT_DIR = ROOT / "test-artifacts" / "screenshots"
+DEMO_PASSWORD = "demo-" + uuid.uuid4().hex[:12]
+
+
+# --- npm packages ----------------------------------------------------------------
+
+
+def ensure_node_modules() -> None:
+    """Run ``npm ci`` in example/ unless node_modules matches package-lock.json already."""
+    lock = EXAMPLE_DIR / "package-lock.json"
+    installed = EXAMPLE_DIR / "node_modules" / ".package-lock.json"  # written by npm ci/install
+    if installed.exists() and installed.stat().st_mtime >= lock.stat().st_mtime:
+        return
+    npm = shutil.which("npm")
+    if npm is None:
+        pytest.fail(
+            "npm is needed to install the example's JavaScript packages (npm ci in example/); "
+            "install Node.js 20+ with npm.",
+            pytrace=False,
+        )
+    result = subprocess.run(
+        [npm, "ci", "--no-audit", "--no-fund", "--loglevel=error"],
+        cwd=EXAMPLE_DIR,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    if result.returncode != 0:
+        pytest.fail(f"npm ci in example/ failed:\n{result.stdout}\n{result.stderr}", pytrace=False)
+
+
+# --- the example server ----------------------------------------------------------
+
+
+@dataclass(eq=False)
+class ExampleServer:
+    url: str
+    port: int
+    var_dir: Path
+    upload_dir: Path
+    key_prefix: str
+    redis: RedisServer
+    log_path: Path
+    password: str
+    process: subprocess.Popen[bytes] = field(repr=False)
+
+    @property
+    def running(self) -> bool:
+        return self.process.poll() is None
+
+    def worker_pids(self) -> list[int]:
+        children = []
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                try:
+                    stat = (entry / "stat").read_text()
+                except OSError:
+                    continue
+                if int(stat.rsplit(")", 1)[1].split()[1]) == self.process.pid:
+                    children.append(int(entry.name))
+        return children
+
+    def stored_bytes(self, upload_id: str) -> bytes:
+        """The finished file as tusbridge keeps it (the example sets no TUSBRIDGE_STORAGE)."""
+        return (self.upload_dir / upload_id).read_bytes()
+
+    def log_size(self) -> int:
+        try:
+            return self.log_path.stat().st_size
+        except OSError:
+            return 0
+
+    def log(self, offset: int = 0) -> str:
+        return _tail(self.log_path, offset)
+
+    def stop(self) -> None:
+        _terminate(self.process, 15)
+        _LIVE_SERVERS.discard(self)  # type: ignore[arg-type]
+        _copy_artifact(self.log_path, "gunicorn-example.log")
+
+
+def _example_env(redis_server: RedisServer, base_dir: Path, key_prefix: str) -> dict[str, str]:
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("TUSBRIDGE_", "DJANGO_", "CHUNKED_UPLOAD_")) and key != "REDIS_URL"
+    }
+    env.update(
+        {
+            "DJANGO_SETTINGS_MODULE": "example_site.settings",
+            "PYTHONUNBUFFERED": "1",
+            "REDIS_URL": redis_server.url,
+            "TUSBRIDGE_KEY_PREFIX": key_prefix,
+            "EXAMPLE_VAR_DIR": str(base_dir / "var"),
+            "TUSBRIDGE_UPLOAD_DIR": str(base_dir / "uploads"),
+            "DEMO_PASSWORD": DEMO_PASSWORD,
+        }
+    )
+    return env
+
+
+def start_example_server(redis_server: RedisServer, base_dir: Path, workers: int = 2) -> ExampleServer:
+    """Bootstrap the example (migrate, demo user) and serve it with gunicorn."""
+    key_prefix = f"ex-{uuid.uuid4().hex}"
+    env = _example_env(redis_server, base_dir, key_prefix)
+    boot = subprocess.run(
+        [sys.executable, str(EXAMPLE_DIR / "bootstrap.py")],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    if boot.returncode != 0 or f"demo / {DEMO_PASSWORD}" not in boot.stdout:
+        pytest.fail(f"example/bootstrap.py failed:\n{boot.stdout}\n{boot.stderr}", pytrace=False)
+
+    log_path = base_dir / "gunicorn-example.log"
+    problem = "not started"
+    for _attempt in range(3):  # the free port may be taken meanwhile
+        port = free_port()
+        start_offset = log_path.stat().st_size if log_path.exists() else 0
+        with log_path.open("ab") as log:
+            process = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "gunicorn",
+                    "example_site.wsgi:application",
+                    "--chdir",
+                    str(EXAMPLE_DIR),
+                    "--workers",
+                    str(workers),
+                    "--worker-class",
+                    "sync",
+                    "--bind",
+                    f"127.0.0.1:{port}",
+                    "--timeout",
+                    "60",
+                    "--graceful-timeout",
+                    "5",
+                    "--error-logfile",
+                    "-",
+                    "--log-level",
+                    "info",
+                    *_gunicorn_version_args(),
+                ],
+                cwd=EXAMPLE_DIR,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        server = ExampleServer(
+            url=f"http://127.0.0.1:{port}",
+            port=port,
+            var_dir=base_dir / "var",
+            upload_dir=base_dir / "uploads",
+            key_prefix=key_prefix,
+            redis=redis_server,
+            log_path=log_path,
+            password=DEMO_PASSWORD,
+            process=process,
+        )
+        problem = _wait_until_ready(server, workers)
+        if problem is None:
+            _LIVE_SERVERS.add(server)  # type: ignore[arg-type]  (failing tests show its log)
+            return server
+        _terminate(process, 5)
+        if "Address already in use" not in _tail(log_path, start_offset):
+            break
+    pytest.fail(f"the example's gunicorn did not start: {problem}\n{_tail(log_path)}", pytrace=False)
+
+
+def _wait_until_ready(server: ExampleServer, workers: int, timeout: float = 30.0) -> str | None:
+    deadline = time.monotonic() + timeout
+    answered = False
+    while time.monotonic() < deadline:
+        if not server.running:
+            return f"gunicorn exited with code {server.process.returncode}"
+        if not answered:
+            try:
+                response = requests.get(f"{server.url}/accounts/login/", timeout=2)
+            except requests.RequestException:
+                response = None
+            if response is not None:
+                if response.status_code != 200:
+                    return f"GET /accounts/login/ answered {response.status_code}"
+                answered = True
+        if answered and len(server.worker_pids()) >= workers:
+            return None
+        time.sleep(0.1)
+    return f"not ready within {timeout}s"
+
+
+@pytest.fixture(scope="session")
+def example_server(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ExampleServer]:
+    """The example project under gunicorn (2 workers), with its npm packages installed."""
+    ensure_node_modules()
+    server = start_example_server(redis_server, tmp_path_factory.mktemp("example"))
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+# --- the browser -----------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[Browser]:
+    """Headless Debian Chromium; the tests that need it skip only when it is not installed."""
+    if not CHROMIUM.exists():
+        reason = f"{CHROMIUM} is missing (apt-get install -y chromium); browser tests skipped"
+        print(f"\nSKIP: {reason}", file=sys.stderr)
+        pytest.skip(reason)
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+def screenshot_path(request: pytest.FixtureRequest, suffix: str = "") -> Path:
+    """test-artifacts/screenshots/<test name>[-suffix]-django<version>.png (nox runs one per Django)."""
+    import django
+
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", request.node.name) + (f"-{suffix}" if suffix else "")
+    return SCREENSHOT_DIR / f"{name}-django{'.'.join(map(str, django.VERSION[:2]))}.png"
+
+
+def save_screenshot(page: Page, request: pytest.FixtureRequest, suffix: str = "") -> Path:
+    """A full-page screenshot of ``page`` now; prints where it went."""
+    path = screenshot_path(request, suffix)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(path), full_page=True, animations="disabled")  # no half-way progress bars
+    print(f"\nscreenshot: {path}")
+    return path
+
+
+@pytest.fixture
+def demo_page(browser: Browser, example_server: ExampleServer, request: pytest.FixtureRequest) -> Iterator[Page]:
+    """A new context logged in as ``demo``; a full-page screenshot is saved when the test ends."""
+    context = browser.new_context(base_url=example_server.url, viewport={"width": 1100, "height": 900})
+    context.set_default_timeout(30_000)
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.goto("/accounts/login/")
+    page.fill("#id_username", "demo")
+    page.fill("#id_password", example_server.password)
+    page.click("button[type=submit]")
+    page.wait_for_url(f"{example_server.url}/")
+    page.js_errors = errors  # type: ignore[attr-defined]
+    try:
+        yield page
+    finally:
+        try:
+            save_screenshot(page, request)
+        except Exception as exc:  # a crashed page must not hide the test's own failure
+            print(f"\nscreenshot failed: {exc}")
+        context.close()
+
+
+# --- helpers ----------------------------------------------------------------------
+
+
+def wait_until(page: Page, predicate: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:
+    """Poll ``predicate`` (bounded), letting Playwright dispatch events in between."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        page.wait_for_timeout(50)
+
+
+def make_file(directory: Path, name: str, size: int) -> tuple[Path, bytes]:
+    """A file of ``size`` random bytes; returns its path and content."""
+    data = os.urandom(size)
+    path = directory / name
+    path.write_bytes(data)
+    return path, data
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def finished_rows(page: Page) -> list[dict[str, str]]:
+    """The rows of the page's "Finished files" table (their data attributes)."""
+    return page.eval_on_selector_all("#finished tbody tr[data-upload-id]", "rows => rows.map(r => ({...r.dataset}))")
+
+
+def wait_for_finished_row(page: Page, name: str, timeout: float = 60.0) -> dict[str, str]:
+    """Wait until the finished table shows a file called ``name``; return its row."""
+    page.wait_for_selector(f'#finished tbody tr[data-name="{name}"]', timeout=timeout * 1000)
+    return next(row for row in finished_rows(page) if row["name"] == name)
+
+
+def session_for(page: Page, server: ExampleServer) -> requests.Session:
+    """A requests session with the browser's cookies (same user, same session)."""
+    session = requests.Session()
+    for cookie in page.context.cookies(server.url):
+        session.cookies.set(cookie["name"], cookie["value"])
+    return session
+
+
+def tus_offset(page: Page, server: ExampleServer, upload_url: str) -> int:
+    """The offset tusbridge reports for ``upload_url`` (HEAD, as the browser's user)."""
+    response = session_for(page, server).head(upload_url, headers={"Tus-Resumable": "1.0.0"}, timeout=10)
+    assert response.status_code == 200, (response.status_code, response.headers)
+    return int(response.headers["Upload-Offset"])
