@@ -195,8 +195,10 @@ class AppendSession:
                 auto_complete=self.auto_complete,
                 fields=fields,
                 length=self.new_length,
+                release_lock=True,
             )
             service.check_advance(result)
+            self.lock.released_by_store()
             written = self.written
             record.offset = result.offset
             if self.slide_expiry:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from . import errors
+from .record import UploadRecord
 from .records import RecordStore
 from .records.base import ReleaseListener
 
@@ -44,6 +45,11 @@ class HeldLock:
             self._listener = self.records.listen_for_release(self.upload_id)
         return self._listener.requested()
 
+    def released_by_store(self) -> None:
+        """The store let go of the lock itself (an advance that released it)."""
+        self.token = ""
+        self.release()
+
     def release(self) -> None:
         """Stop listening and let go; safe to call twice."""
         if self._listener is not None:
@@ -54,35 +60,74 @@ class HeldLock:
             self.token = ""
 
 
-def acquire(records: RecordStore, upload_id: str, *, ttl: float, wait: float) -> HeldLock:
-    """Take the upload's lock.
+def acquire(
+    records: RecordStore,
+    upload_id: str,
+    *,
+    ttl: float,
+    wait: float,
+    check: Callable[[UploadRecord | None], object] | None = None,
+) -> tuple[HeldLock, UploadRecord | None]:
+    """Take the upload's lock; return it with the record as read under it.
 
-    When another request holds it, ask that request to let go (it stops at
-    its next piece, keeps the bytes it stored and unlocks) and wait up to
-    ``wait`` seconds; then give up with Locked.
+    ``check`` vets the record (raising to refuse) before this request may
+    disturb anyone: when another request holds the lock, it is asked to let
+    go (it stops at its next piece, keeps the bytes it stored and unlocks)
+    only for a request that passed the check. Gives up with Locked after
+    ``wait`` seconds.
     """
-    token = records.acquire_lock(upload_id, ttl)
+    token, record = records.acquire_lock_and_get(upload_id, ttl)
     if token is None:
+        if check is not None:
+            check(record)
         deadline = time.monotonic() + wait
         next_request = 0.0
         while token is None:
-            now = time.monotonic()
-            if now >= deadline:
-                raise errors.Locked(
-                    f"Upload is busy: another request holds it and did not release it within {wait:g} s"
-                )
-            if now >= next_request:
-                records.request_release(upload_id)
-                next_request = now + 0.25
-            time.sleep(0.02)
-            token = records.acquire_lock(upload_id, ttl)
-    return HeldLock(records, upload_id, token, ttl)
+            next_request = _ask_holder(records, upload_id, wait, deadline, next_request)
+            token, record = records.acquire_lock_and_get(upload_id, ttl)
+    lock = HeldLock(records, upload_id, token, ttl)
+    if check is not None:
+        try:
+            check(record)
+        except BaseException:
+            lock.release()
+            raise
+    return lock, record
+
+
+def read_settled(
+    records: RecordStore, upload_id: str, *, wait: float, check: Callable[[UploadRecord | None], object]
+) -> UploadRecord | None:
+    """The record once no request is writing it, without taking the lock.
+
+    A request still writing is asked to let go, as in ``acquire``.
+    """
+    unlocked, record = records.get_if_unlocked(upload_id)
+    check(record)
+    deadline = time.monotonic() + wait
+    next_request = 0.0
+    while not unlocked:
+        next_request = _ask_holder(records, upload_id, wait, deadline, next_request)
+        unlocked, record = records.get_if_unlocked(upload_id)
+    return record
+
+
+def _ask_holder(records: RecordStore, upload_id: str, wait: float, deadline: float, next_request: float) -> float:
+    """One turn of waiting for a busy upload: repeat the release request now and then, then pause."""
+    now = time.monotonic()
+    if now >= deadline:
+        raise errors.Locked(f"Upload is busy: another request holds it and did not release it within {wait:g} s")
+    if now >= next_request:
+        records.request_release(upload_id)
+        next_request = now + 0.25
+    time.sleep(0.02)
+    return next_request
 
 
 @contextmanager
 def held(records: RecordStore, upload_id: str, *, ttl: float, wait: float) -> Iterator[HeldLock]:
     """``acquire`` for the length of a ``with`` block."""
-    lock = acquire(records, upload_id, ttl=ttl, wait=wait)
+    lock, _ = acquire(records, upload_id, ttl=ttl, wait=wait)
     try:
         yield lock
     finally:

@@ -13,7 +13,7 @@ import errno
 import hashlib
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -79,7 +79,10 @@ class UploadService:
 
     def get(self, upload_id: str, owner: str) -> UploadRecord:
         """The upload as ``owner`` may see it: NotFound for others' uploads, Gone when expired."""
-        record = self.records.get(upload_id)
+        return self.usable(self.records.get(upload_id), owner)
+
+    def usable(self, record: UploadRecord | None, owner: str) -> UploadRecord:
+        """``record`` if ``owner`` may use it now; else NotFound or Gone, as ``get`` says."""
         if record is None or not self.visible(record, owner):
             raise errors.NotFound()
         if record.state in (State.TERMINATED, State.EXPIRED):
@@ -104,9 +107,26 @@ class UploadService:
         A client that reconnects asks here first; a request still streaming
         its old connection's body is asked to let go instead of being waited out.
         """
-        self.get(upload_id, owner)
-        with self.locked(upload_id):
-            return self.get(upload_id, owner)
+        record = locking.read_settled(
+            self.records, upload_id, wait=self.lock_wait, check=lambda record: self.usable(record, owner)
+        )
+        return self.usable(record, owner)
+
+    def take(
+        self, upload_id: str, owner: str, authorize: Callable[[UploadRecord], object] | None = None
+    ) -> tuple[locking.HeldLock, UploadRecord]:
+        """Lock an upload ``owner`` may use (and ``authorize`` accepts); return the lock and the record.
+
+        Requests that would be refused never disturb a request writing the upload.
+        """
+
+        def check(record: UploadRecord | None) -> None:
+            record = self.usable(record, owner)
+            if authorize is not None:
+                authorize(record)
+
+        lock, record = locking.acquire(self.records, upload_id, ttl=self.lock_ttl, wait=self.lock_wait, check=check)
+        return lock, self.usable(record, owner)
 
     def md5_hexdigest(self, record: UploadRecord) -> str:
         """MD5 of the upload's bytes: from the saved running state when it is current, else one read."""
@@ -169,7 +189,7 @@ class UploadService:
     def open_new(self, record: UploadRecord, *, track_md5: bool = False, auto_complete: bool = True) -> AppendSession:
         """Start writing a new upload whose record is stored only when the session commits."""
         self.reserve(record)
-        lock = locking.acquire(self.records, record.id, ttl=self.lock_ttl, wait=self.lock_wait)
+        lock, _ = locking.acquire(self.records, record.id, ttl=self.lock_ttl, wait=self.lock_wait)
         try:
             self.data.create(record.id)
             writer = self.data.writer(record.id, 0)
@@ -235,17 +255,17 @@ class UploadService:
         length: int | None = None,
         auto_complete: bool = True,
         slide_expiry: bool = True,
+        authorize: Callable[[UploadRecord], object] | None = None,
     ) -> AppendSession:
         """Take the upload for writing at ``offset``.
 
-        ``length`` fixes a deferred length. Raises the errors of ``get`` plus
+        ``length`` fixes a deferred length; ``authorize`` may refuse the
+        record by raising. Raises the errors of ``get`` plus
         FinalUploadImmutable, AlreadyComplete, OffsetMismatch, InvalidRequest
         (a length that contradicts the upload) and Locked.
         """
-        self.get(upload_id, owner)  # cheap refusals before queueing for the lock
-        lock = locking.acquire(self.records, upload_id, ttl=self.lock_ttl, wait=self.lock_wait)
+        lock, record = self.take(upload_id, owner, authorize)
         try:
-            record = self.get(upload_id, owner)
             if record.concat == "final":
                 raise errors.FinalUploadImmutable()
             if record.state is State.COMPLETE:
@@ -284,6 +304,7 @@ class UploadService:
         length: int | None = None,
         digest: Digest | None = None,
         auto_complete: bool = True,
+        authorize: Callable[[UploadRecord], object] | None = None,
     ) -> AppendResult:
         """Store the bytes of ``stream`` at ``offset`` and advance the offset by what was stored.
 
@@ -293,7 +314,9 @@ class UploadService:
         ``open_append`` plus ExceedsLength, TooLarge, ChecksumMismatch,
         StorageFull and LockLost.
         """
-        session = self.open_append(upload_id, owner, offset=offset, length=length, auto_complete=auto_complete)
+        session = self.open_append(
+            upload_id, owner, offset=offset, length=length, auto_complete=auto_complete, authorize=authorize
+        )
         try:
             room = session.room
             if content_length is not None and room is not None and content_length > room:
@@ -529,14 +552,17 @@ class UploadService:
 
     # Ending -----------------------------------------------------------------
 
-    def terminate(self, upload_id: str, owner: str) -> None:
+    def terminate(
+        self, upload_id: str, owner: str, authorize: Callable[[UploadRecord], object] | None = None
+    ) -> None:
         """Delete the upload's data; the id answers Gone for the retention period."""
-        self.get(upload_id, owner)
-        with self.locked(upload_id):
-            record = self.get(upload_id, owner)
+        lock, record = self.take(upload_id, owner, authorize)
+        try:
             self.remove_data(upload_id)
             self.records.retire(upload_id, State.TERMINATED, keep_for=self.retention)
             self.unreserve(record)
+        finally:
+            lock.release()
 
     def forget(self, record: UploadRecord, *, delete_data: bool = True) -> None:
         """Delete an upload outright: no tombstone (the legacy protocol's delete)."""

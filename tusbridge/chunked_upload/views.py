@@ -196,6 +196,22 @@ class ChunkedUploadView(ChunkedUploadBaseView):
             return None
         return int(match.group("start")), int(match.group("end")), int(match.group("total"))
 
+    def get_upload(self, request: HttpRequest, upload_id: str) -> ChunkedUpload:
+        """The upload, as the record that the upload handler read under the lock when it has one.
+
+        That record is exactly what the default ``get_queryset`` would find;
+        a subclass with its own ``get_queryset`` is always asked instead.
+        """
+        session = self._handler.session
+        if (
+            session is not None
+            and not session.new
+            and session.upload_id == upload_id
+            and type(self).get_queryset is ChunkedUploadBaseView.get_queryset
+        ):
+            return self.model(record=session.record, service=self.service)
+        return super().get_upload(request, upload_id)
+
     def prepare(self, request: HttpRequest) -> None:
         self._upload: ChunkedUpload | None = None
         self._handler = DirectChunkHandler(request, self)

@@ -71,8 +71,11 @@ class RecordStore(abc.ABC):
         auto_complete: bool,
         fields: dict[str, object] | None = None,
         length: int | None = None,
+        release_lock: bool = False,
     ) -> AdvanceResult:
         """Move the offset from ``expected`` to ``new`` in one atomic step.
+
+        With ``release_lock`` a successful advance also releases the lock.
 
         ``length`` sets a deferred length in the same step (refused with
         LENGTH_MISMATCH when a different length is already set).
@@ -106,6 +109,20 @@ class RecordStore(abc.ABC):
     @abc.abstractmethod
     def acquire_lock(self, upload_id: str, ttl: float) -> str | None:
         """Take the upload's lock; return its token, or None while someone else holds it."""
+
+    def acquire_lock_and_get(self, upload_id: str, ttl: float) -> tuple[str | None, UploadRecord | None]:
+        """``acquire_lock`` and ``get`` together (a backend may do both in one round trip)."""
+        return self.acquire_lock(upload_id, ttl), self.get(upload_id)
+
+    def get_if_unlocked(self, upload_id: str) -> tuple[bool, UploadRecord | None]:
+        """The record, and whether no lock was held when it was read."""
+        token = self.acquire_lock(upload_id, 1.0)
+        if token is None:
+            return False, self.get(upload_id)
+        try:
+            return True, self.get(upload_id)
+        finally:
+            self.release_lock(upload_id, token)
 
     @abc.abstractmethod
     def refresh_lock(self, upload_id: str, token: str, ttl: float) -> bool:

@@ -18,7 +18,7 @@ from ..record import State, UploadRecord, encode_field
 from .base import AdvanceResult, AdvanceStatus, RecordStore, ReleaseListener
 
 # KEYS: record, lock. ARGV: token, expected, new, now, expires_at|"", auto_complete 1|0,
-# length to set|"", then field/value pairs to set with the advance.
+# length to set|"", release the lock 1|0, then field/value pairs to set with the advance.
 _ADVANCE = """
 if redis.call('GET', KEYS[2]) ~= ARGV[1] then return {'lock-lost', 0} end
 local f = redis.call('HMGET', KEYS[1], 'state', 'offset', 'length')
@@ -35,8 +35,9 @@ local new = tonumber(ARGV[3])
 if new < offset then return {'offset-mismatch', offset} end
 if length ~= '' and new > tonumber(length) then return {'past-length', offset} end
 redis.call('HSET', KEYS[1], 'offset', ARGV[3], 'updated_at', ARGV[4], 'length', length)
-for i = 8, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+for i = 9, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 if ARGV[5] ~= '' then redis.call('HSET', KEYS[1], 'expires_at', ARGV[5]) end
+if ARGV[8] == '1' then redis.call('DEL', KEYS[2]) end
 if ARGV[6] == '1' and length ~= '' and new == tonumber(length) then
   redis.call('HSET', KEYS[1], 'state', 'complete', 'completed_at', ARGV[4])
   return {'completed', new}
@@ -68,6 +69,17 @@ for _, n in ipairs(lengths) do total = total + tonumber(n) end
 if tonumber(ARGV[4]) > 0 and total > tonumber(ARGV[4]) then return 'bytes' end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 return 'ok'
+"""
+
+# KEYS: lock, record. ARGV: token, ttl in ms. Returns {taken 1|0, record fields...}.
+_ACQUIRE_AND_GET = """
+local taken = redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) and 1 or 0
+return {taken, redis.call('HGETALL', KEYS[2])}
+"""
+
+# KEYS: lock, record. Returns {unlocked 1|0, record fields...}.
+_GET_IF_UNLOCKED = """
+return {redis.call('EXISTS', KEYS[1]) == 0 and 1 or 0, redis.call('HGETALL', KEYS[2])}
 """
 
 # KEYS: lock. ARGV: token, ttl in ms.
@@ -134,6 +146,8 @@ class RedisRecordStore(RecordStore):
         self._refresh = client.register_script(_REFRESH)
         self._release = client.register_script(_RELEASE)
         self._reserve = client.register_script(_RESERVE)
+        self._acquire_and_get = client.register_script(_ACQUIRE_AND_GET)
+        self._get_if_unlocked = client.register_script(_GET_IF_UNLOCKED)
 
     # Keys -------------------------------------------------------------------
 
@@ -185,9 +199,15 @@ class RedisRecordStore(RecordStore):
         auto_complete: bool,
         fields: dict[str, object] | None = None,
         length: int | None = None,
+        release_lock: bool = False,
     ) -> AdvanceResult:
         extra = [item for name, value in (fields or {}).items() for item in (name, encode_field(name, value))]
-        status, offset = self._advance(
+        # One round trip: the script and the expiry index (another key, so
+        # another Cluster slot) go out in one non-transactional pipeline. The
+        # index is advisory (cleanup reads the record), so updating it for an
+        # advance that the script refuses does no harm.
+        pipe = self.client.pipeline(transaction=False)
+        self._advance(
             keys=[self.record_key(upload_id), self.lock_key(upload_id)],
             args=[
                 lock_token,
@@ -197,13 +217,16 @@ class RedisRecordStore(RecordStore):
                 "" if expires_at is None else repr(expires_at),
                 "1" if auto_complete else "0",
                 "" if length is None else str(length),
+                "1" if release_lock else "0",
                 *extra,
             ],
+            client=pipe,
         )
+        if expires_at is not None:
+            pipe.zadd(self.expiry_key, {upload_id: expires_at})
+        status, offset = pipe.execute()[0]
         result = AdvanceResult(AdvanceStatus(status.decode()), int(offset))
-        if result.ok and expires_at is not None and result.status is AdvanceStatus.OK:
-            self.reindex(upload_id, expires_at)
-        elif result.status is AdvanceStatus.COMPLETED:
+        if result.status is AdvanceStatus.COMPLETED:
             self.unindex([upload_id])
         return result
 
@@ -248,6 +271,17 @@ class RedisRecordStore(RecordStore):
         taken = self.client.set(self.lock_key(upload_id), token, nx=True, px=max(1, int(ttl * 1000)))
         return token if taken else None
 
+    def acquire_lock_and_get(self, upload_id: str, ttl: float) -> tuple[str | None, UploadRecord | None]:
+        token = secrets.token_hex(16)
+        taken, raw = self._acquire_and_get(
+            keys=[self.lock_key(upload_id), self.record_key(upload_id)], args=[token, max(1, int(ttl * 1000))]
+        )
+        return (token if taken else None), _record(raw)
+
+    def get_if_unlocked(self, upload_id: str) -> tuple[bool, UploadRecord | None]:
+        unlocked, raw = self._get_if_unlocked(keys=[self.lock_key(upload_id), self.record_key(upload_id)])
+        return bool(unlocked), _record(raw)
+
     def refresh_lock(self, upload_id: str, token: str, ttl: float) -> bool:
         return bool(self._refresh(keys=[self.lock_key(upload_id)], args=[token, max(1, int(ttl * 1000))]))
 
@@ -287,3 +321,10 @@ class RedisRecordStore(RecordStore):
 
     def ping(self) -> None:
         self.client.ping()
+
+
+def _record(flat: list[bytes]) -> UploadRecord | None:
+    """A record from HGETALL's reply as a script returns it (a flat field, value list)."""
+    if not flat:
+        return None
+    return UploadRecord.from_redis(dict(zip(flat[::2], flat[1::2], strict=True)))

@@ -333,8 +333,6 @@ class TusView(View):
         stream, content_length = request_body(request)
         service = get_service()
         owner = owner_of(request)
-        record = service.get(upload_id, owner)
-        self.check_permission(request, "write", record)
         try:
             with polling_reads(request, float(conf.get("POLL_INTERVAL"))):
                 result = service.append(
@@ -345,6 +343,7 @@ class TusView(View):
                     content_length=content_length,
                     length=length,
                     digest=checksum,
+                    authorize=lambda record: self.check_permission(request, "write", record),
                 )
         except errors.AlreadyComplete:
             return self.patch_complete(service.get(upload_id, owner), offset, content_length)
@@ -364,8 +363,7 @@ class TusView(View):
         return response
 
     def delete(self, request: HttpRequest, upload_id: str) -> HttpResponse:
-        service = get_service()
-        owner = owner_of(request)
-        self.check_permission(request, "delete", service.get(upload_id, owner))
-        service.terminate(upload_id, owner)
+        get_service().terminate(
+            upload_id, owner_of(request), authorize=lambda record: self.check_permission(request, "delete", record)
+        )
         return _empty(204)
