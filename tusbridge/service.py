@@ -552,9 +552,7 @@ class UploadService:
 
     # Ending -----------------------------------------------------------------
 
-    def terminate(
-        self, upload_id: str, owner: str, authorize: Callable[[UploadRecord], object] | None = None
-    ) -> None:
+    def terminate(self, upload_id: str, owner: str, authorize: Callable[[UploadRecord], object] | None = None) -> None:
         """Delete the upload's data; the id answers Gone for the retention period."""
         lock, record = self.take(upload_id, owner, authorize)
         try:

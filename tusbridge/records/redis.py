@@ -202,12 +202,10 @@ class RedisRecordStore(RecordStore):
         release_lock: bool = False,
     ) -> AdvanceResult:
         extra = [item for name, value in (fields or {}).items() for item in (name, encode_field(name, value))]
-        # One round trip: the script and the expiry index (another key, so
-        # another Cluster slot) go out in one non-transactional pipeline. The
-        # index is advisory (cleanup reads the record), so updating it for an
-        # advance that the script refuses does no harm.
-        pipe = self.client.pipeline(transaction=False)
-        self._advance(
+        # The expiry index is not touched: its entry (from creation) is never
+        # later than the record's expiry, and cleanup reads the record and
+        # moves the entry on when the expiry slid. One round trip per write.
+        status, offset = self._advance(
             keys=[self.record_key(upload_id), self.lock_key(upload_id)],
             args=[
                 lock_token,
@@ -220,11 +218,7 @@ class RedisRecordStore(RecordStore):
                 "1" if release_lock else "0",
                 *extra,
             ],
-            client=pipe,
         )
-        if expires_at is not None:
-            pipe.zadd(self.expiry_key, {upload_id: expires_at})
-        status, offset = pipe.execute()[0]
         result = AdvanceResult(AdvanceStatus(status.decode()), int(offset))
         if result.status is AdvanceStatus.COMPLETED:
             self.unindex([upload_id])
