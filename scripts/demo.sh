@@ -23,6 +23,9 @@ gunicorn_cmd=(
     "${root}/.venv/bin/gunicorn" example_site.wsgi:application
     --chdir "${root}/example"
     --workers 2
+    --worker-class gthread
+    --threads 4
+    --timeout 60
     --bind "${bind}"
     --access-logfile -
 )
