@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -12,6 +13,8 @@ from .locking import HeldLock
 from .md5state import ResumableMD5
 from .record import UploadRecord
 from .records.base import AdvanceStatus
+
+logger = logging.getLogger("tusbridge")
 
 if TYPE_CHECKING:
     from .service import UploadService
@@ -97,12 +100,12 @@ class AppendSession:
     @property
     def room(self) -> int | None:
         """How many more bytes the upload may take from this session."""
-        record, max_size = self.record, self.service.max_size
+        record = self.record
         length = record.length if self.new_length is None else self.new_length
+        if length is None:
+            length = self.service.deferred_limit(record)
         if length is not None:
             return length - record.offset - self.written
-        if max_size:
-            return max_size - record.offset - self.written
         return None
 
     def read_back(self, size: int = 1024 * 1024) -> Iterator[bytes]:
@@ -174,47 +177,75 @@ class AppendSession:
                 digest.update(data)
 
     def commit(self, *, interrupted: bool = False) -> AppendResult:
-        """Make the written bytes count: advance the offset, release the lock, finish if complete."""
+        """Make the written bytes count: advance the offset, release the lock, finish if complete.
+
+        A failure before the advance, or a definite refusal of it while this
+        request still holds the lock, cuts the bytes off again. Otherwise they
+        stay: when Redis gave no answer it may have carried the advance out,
+        and when the lock was lost another writer owns the file now. Bytes
+        past the recorded offset are cut off by the next writer, under the
+        lock, when it opens the file (or counted by a rebuild after Redis lost
+        its data: they are the client's bytes at their places).
+        """
         service, record = self.service, self.record
         try:
             self.writer.sync()
             if self.new:
                 service.store_new(record)
                 self._created = True
-            now = time.time()
-            fields: dict[str, object] | None = None
-            if self.md5 is not None:
-                fields = {"md5_state": self.md5.state.hex(), "md5_offset": record.offset + self.written}
+        except BaseException:
+            self.abort()
+            raise
+        new_offset = record.offset + self.written
+        length = record.length if self.new_length is None else self.new_length
+        # The request that completes the upload keeps the lock until the file
+        # is handed over, so that a DELETE cannot take the data from under it.
+        completes = self.auto_complete and length is not None and new_offset == length
+        now = time.time()
+        fields: dict[str, object] | None = None
+        if self.md5 is not None:
+            fields = {"md5_state": self.md5.state.hex(), "md5_offset": new_offset}
+        try:
             result = service.records.advance(
                 record.id,
                 expected=record.offset,
-                new=record.offset + self.written,
+                new=new_offset,
                 lock_token=self.lock.token,
                 now=now,
                 expires_at=now + service.expiry if self.slide_expiry else None,
                 auto_complete=self.auto_complete,
                 fields=fields,
                 length=self.new_length,
-                release_lock=True,
+                release_lock=not completes,
             )
+        except BaseException:
+            self._close()
+            raise
+        if not result.ok:
+            if result.status is AdvanceStatus.LOCK_LOST:
+                self._close()
+            else:
+                # A definite refusal while this request still holds the lock:
+                # the offset did not move, so the bytes are cut off again.
+                self.abort()
             service.check_advance(result)
+        if not completes:
             self.lock.released_by_store()
-            written = self.written
-            record.offset = result.offset
-            if self.slide_expiry:
-                record.expires_at = now + service.expiry
+        written = self.written
+        record.offset = result.offset
+        if self.slide_expiry:
+            record.expires_at = now + service.expiry
+        if fields:
+            record.md5_state, record.md5_offset = str(fields["md5_state"]), record.offset
+        try:
             if self.new_length is not None:
                 record.length = self.new_length
                 service.length_fixed(record)
-            if fields:
-                record.md5_state, record.md5_offset = str(fields["md5_state"]), record.offset
-        except BaseException:
-            self.abort()
-            raise
-        self._close()
-        completed = result.status is AdvanceStatus.COMPLETED
-        if completed:
-            record = service.finish(record.id) or record
+            completed = result.status is AdvanceStatus.COMPLETED
+            if completed:
+                record = service.finish(record.id) or record
+        finally:
+            self._close()
         return AppendResult(record=record, written=written, completed=completed, interrupted=interrupted)
 
     def abort(self) -> None:
@@ -223,12 +254,15 @@ class AppendSession:
             return
         try:
             if self.new:
+                self.service.remove_data(self.record.id)
                 if self._created:
                     self.service.records.delete(self.record.id)
                 self.service.unreserve(self.record)
-                self.service.remove_data(self.record.id)
             else:
                 self.writer.rollback()
+        except OSError as exc:
+            # The disk failing again (EIO); the next writer cuts the file back anyway.
+            logger.warning("tusbridge: could not cut upload %s back: %s", self.record.id, exc)
         finally:
             self._close()
 

@@ -133,9 +133,12 @@ class UploadService:
         if record.md5_state and record.md5_offset == record.offset and md5state.available():
             return md5state.ResumableMD5(bytes.fromhex(record.md5_state)).hexdigest()
         digest = hashlib.md5()
-        with self.data.open(record.id) as fh:
-            while piece := fh.read(self.read_size):
-                digest.update(piece)
+        try:
+            with self.data.open(record.id) as fh:
+                while piece := fh.read(self.read_size):
+                    digest.update(piece)
+        except FileNotFoundError:
+            raise errors.Gone("The upload's data is gone (terminated meanwhile)") from None
         return digest.hexdigest()
 
     # Creating ---------------------------------------------------------------
@@ -177,10 +180,11 @@ class UploadService:
         try:
             self.data.create(record.id)
             self.store_new(record)
-        except BaseException:
-            # No record, so no file either: nothing is left half-made.
-            self.unreserve(record)
-            self.remove_data(record.id)
+        except BaseException as exc:
+            # Nothing is left half-made: no file, no record, no reservation.
+            self.undo_creation(record)
+            if isinstance(exc, OSError):
+                raise self._storage_error(exc) from exc
             raise
         if length == 0 and self.records.mark_complete(record.id, now=time.time()).status is AdvanceStatus.COMPLETED:
             record = self.finish(record.id) or record
@@ -210,7 +214,7 @@ class UploadService:
         verdict = self.records.reserve(
             record.owner,
             record.id,
-            record.length or 0,
+            self.reserved_length(record),
             max_uploads=self.max_uploads_per_user,
             max_bytes=self.max_bytes_per_user,
         )
@@ -223,6 +227,20 @@ class UploadService:
                 f"Your uploads in progress would exceed {self.max_bytes_per_user} bytes; finish or delete some first"
             )
 
+    def deferred_limit(self, record: UploadRecord) -> int | None:
+        """The most a deferred-length upload may grow to: TUSBRIDGE_MAX_SIZE, and its owner's byte budget."""
+        limits = [self.max_size]
+        if record.owner:
+            limits.append(self.max_bytes_per_user)
+        limits = [n for n in limits if n]
+        return min(limits) if limits else None
+
+    def reserved_length(self, record: UploadRecord) -> int:
+        """What an upload counts against its owner's byte budget: its length, or all it may grow to."""
+        if record.length is not None:
+            return record.length
+        return self.deferred_limit(record) or 0
+
     def unreserve(self, record: UploadRecord) -> None:
         if record.owner:
             self.records.unreserve(record.owner, record.id)
@@ -232,12 +250,31 @@ class UploadService:
         self.records.create(record)
         self.keep_info(record)
 
+    def undo_creation(self, record: UploadRecord) -> None:
+        """Remove what a failed creation made, step by step, each step whatever the others do."""
+        for step in (
+            lambda: self.remove_data(record.id),
+            lambda: self.records.delete(record.id),
+            lambda: self.unreserve(record),
+        ):
+            try:
+                step()
+            except Exception as exc:  # the failure that got us here is what the client hears about
+                logger.warning("tusbridge: cleaning up the failed creation of %s: %s", record.id, exc)
+
     def keep_info(self, record: UploadRecord) -> None:
         if isinstance(self.data, InfoKeeper):
             info = record.to_redis()
             for volatile in ("offset", "md5_state", "md5_offset", "updated_at"):
                 info.pop(volatile, None)
             self.data.write_info(record.id, info)
+
+    def refresh_info(self, record: UploadRecord) -> None:
+        """Update the copy beside the data after a change that already counts; a failure only costs recovery."""
+        try:
+            self.keep_info(record)
+        except OSError as exc:
+            logger.warning("tusbridge: could not update the record copy of %s: %s", record.id, exc)
 
     # Writing ----------------------------------------------------------------
 
@@ -357,7 +394,7 @@ class UploadService:
 
     def _overflow(self, record: UploadRecord) -> errors.UploadError:
         if record.length is None:
-            return errors.TooLarge(f"The upload exceeds the maximum size of {self.max_size} bytes")
+            return errors.TooLarge(f"The upload exceeds the {self.deferred_limit(record)} bytes it may grow to")
         return errors.ExceedsLength(
             f"The request body runs past the upload's length of {record.length} bytes (offset {record.offset})"
         )
@@ -373,14 +410,15 @@ class UploadService:
             raise errors.InvalidRequest("Upload-Length cannot change once it is set")
         if length < record.offset:
             raise errors.InvalidRequest("Upload-Length is smaller than the bytes already uploaded")
-        self.check_length(length)
+        limit = self.deferred_limit(record)
+        if limit is not None and length > limit:
+            raise errors.TooLarge(f"Upload length {length} exceeds the {limit} bytes this upload may grow to")
         return length
 
     def length_fixed(self, record: UploadRecord) -> None:
-        """After a deferred length was set: count it against the owner's limits, update the copy on disk."""
-        if record.owner and (self.max_uploads_per_user or self.max_bytes_per_user):
-            self.records.reserve(record.owner, record.id, record.length or 0, max_uploads=0, max_bytes=0)
-        self.keep_info(record)
+        """After a deferred length was set: count the real length (never more than was reserved), update the copy."""
+        self.reserve_rebuilt(record)
+        self.refresh_info(record)
 
     @staticmethod
     def _storage_error(exc: OSError) -> errors.UploadError:
@@ -486,15 +524,17 @@ class UploadService:
 
         ``target`` (a Storage and a name in it) overrides TUSBRIDGE_STORAGE for this upload.
         """
-        record = self.get(upload_id, owner)
-        if record.state is State.COMPLETE:
-            raise errors.AlreadyComplete()
-        result = self.records.mark_complete(upload_id, now=time.time())
-        if result.status is not AdvanceStatus.COMPLETED:
-            if self.get(upload_id, owner).state is State.COMPLETE:
+        lock, record = self.take(upload_id, owner)
+        try:
+            if record.state is State.COMPLETE:
                 raise errors.AlreadyComplete()
-            raise errors.NotComplete()
-        return self.finish(upload_id, target=target) or record
+            result = self.records.mark_complete(upload_id, now=time.time())
+            if result.status is not AdvanceStatus.COMPLETED:
+                raise errors.NotComplete()
+            # Under the lock: a DELETE cannot take the data while it is handed over.
+            return self.finish(upload_id, target=target) or record
+        finally:
+            lock.release()
 
     def finish(self, upload_id: str, *, target: Target | None = None) -> UploadRecord | None:
         """Hand the file to the configured Storage and announce it; called once per upload."""
@@ -519,7 +559,7 @@ class UploadService:
         if record.stored_name:
             self.remove_data(upload_id)
         else:
-            self.keep_info(record)
+            self.refresh_info(record)
         return record
 
     def _announce(self, record: UploadRecord, file: File) -> None:
@@ -581,7 +621,7 @@ class UploadService:
         while True:
             due = [i for i in self.records.due_for_expiry(now, batch + len(skipped)) if i not in skipped]
             if not due:
-                return expired
+                return expired + self._sweep_orphans(now)
             for upload_id in due:
                 token = self.records.acquire_lock(upload_id, self.lock_ttl)
                 if token is None:
@@ -647,7 +687,25 @@ class UploadService:
     def reserve_rebuilt(self, record: UploadRecord) -> None:
         """Count a rebuilt upload against its owner's limits without refusing it."""
         if record.owner and (self.max_uploads_per_user or self.max_bytes_per_user):
-            self.records.reserve(record.owner, record.id, record.length or 0, max_uploads=0, max_bytes=0)
+            self.records.reserve(record.owner, record.id, self.reserved_length(record), max_uploads=0, max_bytes=0)
+
+    def _sweep_orphans(self, now: float) -> int:
+        """Delete data that no record or record copy claims and that is older than the expiry delay.
+
+        Such data is left by a worker killed while writing the first chunk of
+        a new legacy upload: the record is stored only when that chunk commits.
+        """
+        if not isinstance(self.data, InfoKeeper) or not isinstance(self.data, Terminator):
+            return 0
+        swept = 0
+        for upload_id in list(self.data.upload_ids()):
+            age = self.data.age(upload_id)
+            if age is None or age < self.expiry or self.data.read_info(upload_id) is not None:
+                continue
+            if self.records.get(upload_id) is None:
+                self.data.remove(upload_id)
+                swept += 1
+        return swept
 
     @staticmethod
     def _expirable(record: UploadRecord) -> bool:

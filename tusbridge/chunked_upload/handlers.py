@@ -48,6 +48,10 @@ class DirectChunk:
         # Set when the data store failed while the part streamed in (disk full...).
         self.failure = failure
 
+    def close(self) -> None:
+        """Django closes uploaded files when a request ends badly: the unsaved write is dropped."""
+        self.session.abort()
+
     def chunks(self, chunk_size: int | None = None) -> Iterator[bytes]:
         """Read the part back (only needed when the view files it under another upload)."""
         return self.session.read_back(chunk_size or 1024 * 1024)
@@ -62,6 +66,7 @@ class DirectChunkHandler(FileUploadHandler):
         self.expected = 0
         self.received = 0
         self.failure: OSError | None = None
+        self.completed = False
 
     def install(self) -> None:
         """Put this handler first, and keep the parser reachable so fields read so far can be seen."""
@@ -128,10 +133,14 @@ class DirectChunkHandler(FileUploadHandler):
     def file_complete(self, file_size: int) -> DirectChunk | None:
         if self.session is None:
             return None
+        self.completed = True
         return DirectChunk(self.file_name or "", file_size, self.session, self.content_type, self.failure)
 
     def upload_interrupted(self) -> None:
-        self.abort()
+        # Django says so when the last part of the body was cut short; that
+        # concerns our part only if it was the one still open.
+        if not self.completed:
+            self.abort()
 
     def abort(self) -> None:
         if self.session is not None:

@@ -24,6 +24,7 @@ from django.core.serializers.json import DjangoJSONEncoder
 
 from .. import errors
 from ..appending import AppendSession
+from ..filenames import safe_filename
 from ..record import State, UploadRecord
 from ..service import UploadService, get_service
 from . import settings
@@ -194,7 +195,10 @@ class ChunkedUpload:
     @property
     def md5(self) -> str:
         """MD5 of the bytes so far: kept current while chunks arrive, so this is not a re-read."""
-        return self.service.md5_hexdigest(self.record)
+        try:
+            return self.service.md5_hexdigest(self.record)
+        except errors.UploadError as exc:
+            raise legacy_error(exc) from None
 
     @property
     def file(self) -> StoredFile:
@@ -321,7 +325,7 @@ class ChunkedUpload:
         if callable(upload_to):
             name = upload_to(self, self.filename)
         else:
-            name = os.path.join(time.strftime(upload_to), self.filename or self.upload_id)
+            name = os.path.join(time.strftime(upload_to), safe_filename(self.filename or self.upload_id))
         return settings.storage(), name
 
     def delete(self, delete_file: bool = True) -> None:
@@ -335,7 +339,8 @@ class ChunkedUpload:
 
     def get_uploaded_file(self) -> UploadedFile:
         """The finished file as ``on_completion`` receives it: named after ``filename``, size = offset."""
-        return UploadedFile(file=self.file.open("rb"), name=self.filename or self.upload_id, size=self.offset)
+        name = safe_filename(self.filename) if self.filename else self.upload_id
+        return UploadedFile(file=self.file.open("rb"), name=name, size=self.offset)
 
     def chunks(self) -> Iterator[bytes]:
         with self.file.open("rb") as fh:

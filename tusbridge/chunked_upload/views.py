@@ -29,6 +29,8 @@ from .models import ChunkedUpload, storage_error
 from .response import Response
 
 _CSRF_MIDDLEWARE = "django.middleware.csrf.CsrfViewMiddleware"
+# Offsets beyond a 64-bit file offset are not a place in any file.
+_MAX_OFFSET = 2**63 - 1
 
 
 class _FromSetting:
@@ -154,6 +156,10 @@ class ChunkedUploadBaseView(View):
                 status=http_status.HTTP_503_SERVICE_UNAVAILABLE,
             )
             response["Retry-After"] = "5"
+        except BaseException:
+            # Anything else (a malformed body, a bug): drop unsaved writes, then let Django answer.
+            self.finish_request(request, HttpResponse(status=500))
+            raise
         return self.finish_request(request, response)
 
 
@@ -194,7 +200,13 @@ class ChunkedUploadView(ChunkedUploadBaseView):
         match = self.content_range_pattern.match(request.META.get(self.content_range_header, ""))
         if not match:
             return None
-        return int(match.group("start")), int(match.group("end")), int(match.group("total"))
+        try:
+            span = int(match.group("start")), int(match.group("end")), int(match.group("total"))
+        except ValueError:  # more digits than int() accepts: not a usable header
+            return None
+        if max(span) > _MAX_OFFSET:
+            return None
+        return span
 
     def get_upload(self, request: HttpRequest, upload_id: str) -> ChunkedUpload:
         """The upload, as the record that the upload handler read under the lock when it has one.
@@ -258,6 +270,11 @@ class ChunkedUploadView(ChunkedUploadBaseView):
         if max_bytes is not None and total > max_bytes:
             raise ChunkedUploadError(
                 status=http_status.HTTP_400_BAD_REQUEST, detail=f"Size of file exceeds the limit ({max_bytes} bytes)"
+            )
+        if self.service.max_size and total > self.service.max_size:
+            raise ChunkedUploadError(
+                status=http_status.HTTP_400_BAD_REQUEST,
+                detail=f"Size of file exceeds the limit ({self.service.max_size} bytes)",
             )
         chunked_upload.set_total(total)
         if chunked_upload.offset != start:

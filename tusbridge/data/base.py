@@ -79,6 +79,10 @@ class InfoKeeper(Protocol):
 
     def upload_ids(self) -> Iterator[str]: ...
 
+    def age(self, upload_id: str) -> float | None:
+        """Seconds since the upload's data last changed, or None when there is none."""
+        ...
+
 
 @runtime_checkable
 class Concatenator(Protocol):

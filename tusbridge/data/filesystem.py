@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import time
 from collections.abc import Iterator, Sequence
 from typing import BinaryIO
 
@@ -100,12 +102,17 @@ class FileSystemDataStore(DataStore):
         """Write ``<id>.info`` whole or not at all (temporary file, then rename)."""
         path = self._info_path(upload_id)
         temporary = f"{path}.{os.getpid()}.tmp"
-        with open(temporary, "w", encoding="utf-8") as fh:
-            json.dump(info, fh, separators=(",", ":"))
-            if self.fsync:
-                fh.flush()
-                os.fsync(fh.fileno())
-        os.replace(temporary, path)
+        try:
+            with open(temporary, "w", encoding="utf-8") as fh:
+                json.dump(info, fh, separators=(",", ":"))
+                if self.fsync:
+                    fh.flush()
+                    os.fsync(fh.fileno())
+            os.replace(temporary, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(temporary)
+            raise
 
     def read_info(self, upload_id: str) -> dict[str, str] | None:
         try:
@@ -114,6 +121,12 @@ class FileSystemDataStore(DataStore):
         except (FileNotFoundError, ValueError):
             return None
         return info if isinstance(info, dict) else None
+
+    def age(self, upload_id: str) -> float | None:
+        try:
+            return time.time() - os.stat(self.path(upload_id)).st_mtime
+        except FileNotFoundError:
+            return None
 
     def upload_ids(self) -> Iterator[str]:
         """Ids of the uploads that have data here."""

@@ -70,6 +70,8 @@ def parse_concat(value: str) -> tuple[str, list[str]]:
     """
     if value == "partial":
         return "partial", []
+    if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in value):
+        raise ValueError("Upload-Concat contains control characters")
     kind, sep, urls = value.partition(";")
     if kind != "final" or not sep:
         raise ValueError("Upload-Concat must be 'partial' or 'final;<url> <url> ...'")
