@@ -54,6 +54,9 @@ def summarize(runs: list[dict]) -> dict:
         "p99_min": min((r["p99"] for r in ok if r.get("p99") is not None), default=None),
         "p99_max": max((r["p99"] for r in ok if r.get("p99") is not None), default=None),
         "rss": median([r.get("peak_rss") for r in ok]),
+        "rss_growth": median(
+            [r["peak_rss"] - r["idle_rss"] for r in ok if r.get("peak_rss") is not None and r.get("idle_rss")]
+        ),
         "cpu": median([r.get("cpu_s") for r in ok]),
         "client_cpu": median([r.get("client_cpu_s") for r in ok]),
         "sha_good": sum(1 for s in shas if s is True),
@@ -104,7 +107,8 @@ def build(results: dict) -> tuple[str, dict]:
         "Columns: **MB/s** = uploaded bytes (10^6) / wall time from the first request to the last response "
         "(median of the runs, then min–max); **req/s** = HTTP requests / wall time; **completion** = duration "
         "of the final PATCH (tus; median over uploads for S4) or of the md5 completion POST (legacy); "
-        "**peak RSS** = highest sum of RSS over the server's process tree (plus its private redis-server "
+        "**peak RSS** (+ growth over the same tree at rest before the run) = highest sum of RSS over the "
+        "server's process tree (plus its private redis-server "
         "where the server uses one), sampled every 0.1 s — forked workers' shared pages count once per "
         "worker; **CPU s** = user+system time of that tree during the run; **× ceiling** = the server's "
         "median divided by the socket sink's in the same scenario; **client CPU s** = the client's own CPU "
@@ -147,8 +151,9 @@ def build(results: dict) -> tuple[str, dict]:
                 continue
             c = ceiling if ceiling and ceiling["ok"] else None
             rss_mib = s["rss"] / MiB if s["rss"] is not None else None
+            growth = s["rss_growth"] / MiB if s["rss_growth"] is not None else None
             common_tail = (
-                f"{fmt(rss_mib, 0)} | {fmt(s['cpu'], 2)} | {{first}} | "
+                f"{fmt(rss_mib, 0)} (+{fmt(growth, 0)}) | {fmt(s['cpu'], 2)} | {{first}} | "
                 f"{ratio(s['rss'], c and c['rss'], 1)} | {ratio(s['cpu'], c and c['cpu'], 1)} | "
                 f"{fmt(s['client_cpu'], 2)} | {sha_cell(s)} |"
             )

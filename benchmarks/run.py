@@ -302,7 +302,7 @@ class TreeSampler:
     def __init__(self, roots: list[int], interval: float = 0.1) -> None:
         self.roots = roots
         self.interval = interval
-        self.peak_rss = 0
+        self.peak_rss = self.idle_rss = self.last_rss = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
         self.cpu_start = self.cpu_end = 0
@@ -324,6 +324,7 @@ class TreeSampler:
                 ticks += stat[0]
                 rss += stat[1]
         self.peak_rss = max(self.peak_rss, rss)
+        self.last_rss = rss
         return ticks
 
     def _loop(self) -> None:
@@ -333,6 +334,8 @@ class TreeSampler:
     def start(self) -> None:
         self.peak_rss = 0
         self.cpu_start = self.sample()
+        # The tree at rest, before the client starts: what the run adds is peak - idle.
+        self.idle_rss = self.last_rss
         self._thread.start()
 
     def stop(self) -> None:
@@ -778,6 +781,7 @@ def run_one(spec: ServerSpec, scenario: Scenario, repeat: int, source: Path, has
             p50=result.get("p50"),
             p99=result.get("p99"),
             peak_rss=sampler.peak_rss,
+            idle_rss=sampler.idle_rss,
             cpu_s=sampler.cpu_seconds,
             client_cpu_s=client_cpu,
         )
