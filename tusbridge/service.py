@@ -466,13 +466,15 @@ class UploadService:
             partials=list(partial_ids),
             **values,
         )
-        self.data.create(record.id)
         try:
+            self.data.create(record.id)
             self.store_new(record)
             for partial_id in dict.fromkeys(partial_ids):
                 self.records.add_waiting_final(partial_id, record.id)
-        except BaseException:
-            self.remove_data(record.id)
+        except BaseException as exc:
+            self.undo_creation(record)
+            if isinstance(exc, OSError):
+                raise self._storage_error(exc) from exc
             raise
         return self.assemble(record.id) or record
 
