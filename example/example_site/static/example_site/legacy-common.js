@@ -27,12 +27,20 @@
     });
   };
 
+  /* The log keeps its last 200 lines: a 1 GB file is over 10 000 chunks, and a list
+   * that grows by one line per chunk makes every later chunk slower to show. The
+   * numbering goes on where the dropped lines left it. */
+  var LOG_LINES = 200;
   example.log = function (text, className) {
     var li = document.createElement('li');
     li.textContent = text;
     if (className) li.className = className;
     var list = document.getElementById('messages');
     list.appendChild(li);
+    while (list.children.length > LOG_LINES) {
+      list.removeChild(list.firstElementChild);
+      list.start = (list.start || 1) + 1;
+    }
     list.scrollTop = list.scrollHeight;
   };
 
