@@ -231,32 +231,6 @@ def try_response(request: RawRequest, timeout: float) -> RawResponse | None:
 # --- the kernel's view of a connection ------------------------------------------------
 
 
-def in_flight(server_port: int, client_port: int) -> int | None:
-    """Bytes we sent that the worker has not read yet (our send queue plus its receive queue)."""
-    ends: dict[str, int] = {}
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            lines = Path(table).read_text().splitlines()[1:]
-        except OSError:
-            continue
-        for line in lines:
-            fields = line.split()
-            local, remote = int(fields[1].rsplit(":", 1)[1], 16), int(fields[2].rsplit(":", 1)[1], 16)
-            tx_queue, rx_queue = (int(q, 16) for q in fields[4].split(":"))
-            if (local, remote) == (server_port, client_port):
-                ends["server-rx"] = rx_queue
-            elif (local, remote) == (client_port, server_port):
-                ends["client-tx"] = tx_queue
-    if len(ends) != 2:
-        return None
-    return ends["server-rx"] + ends["client-tx"]
-
-
-def wait_drained(server: GunicornServer, request: RawRequest, timeout: float = 30) -> None:
-    """Bounded wait until the worker has read every byte sent so far."""
-    poll(lambda: in_flight(server.port, request.client_port) == 0, "the worker to read what was sent", timeout)
-
-
 def pid_gone(pid: int) -> bool:
     """True once ``pid`` has exited (a zombie waiting for gunicorn's master counts as exited)."""
     try:

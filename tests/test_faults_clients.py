@@ -41,9 +41,8 @@ from tests.fault_support import (
     tus_create,
     tus_patch_request,
     upload_id_of,
-    wait_drained,
 )
-from tests.live_support import HAS_PROC_NET, RawRequest, poll, wait_server_done
+from tests.live_support import HAS_PROC_NET, RawRequest, poll, wait_drained, wait_server_done
 
 pytestmark = pytest.mark.live
 

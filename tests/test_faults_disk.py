@@ -57,8 +57,8 @@ from tests.fault_support import (
     tus_patch,
     tus_patch_request,
     upload_id_of,
-    wait_drained,
 )
+from tests.live_support import wait_drained
 
 pytestmark = pytest.mark.live
 

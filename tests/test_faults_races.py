@@ -47,9 +47,8 @@ from tests.fault_support import (
     tus_patch,
     tus_patch_request,
     upload_id_of,
-    wait_drained,
 )
-from tests.live_support import HAS_PROC_NET, RawResponse
+from tests.live_support import HAS_PROC_NET, RawResponse, wait_drained
 
 pytestmark = pytest.mark.live
 

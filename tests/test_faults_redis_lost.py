@@ -41,9 +41,8 @@ from tests.fault_support import (
     tus_head,
     tus_patch,
     upload_id_of,
-    wait_drained,
 )
-from tests.live_support import OFFSET_CT, RawRequest, path_of
+from tests.live_support import OFFSET_CT, RawRequest, path_of, wait_drained
 
 pytestmark = pytest.mark.live
 

@@ -68,9 +68,8 @@ from tests.fault_support import (
     tus_create,
     tus_patch,
     tus_patch_request,
-    wait_drained,
 )
-from tests.live_support import HAS_PROC_NET, RawRequest, RawResponse, poll, upload_id_of
+from tests.live_support import HAS_PROC_NET, RawRequest, RawResponse, poll, upload_id_of, wait_drained
 
 pytestmark = [
     pytest.mark.live,

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -48,6 +47,7 @@ from tests.live_support import (
     request_on_other_worker,
     sha256,
     upload_id_of,
+    wait_drained,
 )
 from tests.tus_helpers import data_of as local_data_of
 from tests.tus_helpers import lock_key as local_lock_key
@@ -116,38 +116,10 @@ def stall_patch(
     return request
 
 
-def in_flight(server_port: int, client_port: int) -> int | None:
-    """Bytes of our connection not yet read by the worker: our send queue plus the server's receive queue.
-
-    Read from /proc/net/tcp (``tx_queue:rx_queue`` of both ends of the loopback connection).
-    """
-    ends: dict[str, int] = {}
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            lines = Path(table).read_text().splitlines()[1:]
-        except OSError:
-            continue
-        for line in lines:
-            fields = line.split()
-            local, remote = int(fields[1].rsplit(":", 1)[1], 16), int(fields[2].rsplit(":", 1)[1], 16)
-            tx_queue, rx_queue = (int(q, 16) for q in fields[4].split(":"))
-            if (local, remote) == (server_port, client_port):
-                ends["server-rx"] = rx_queue
-            elif (local, remote) == (client_port, server_port):
-                ends["client-tx"] = tx_queue
-    if len(ends) != 2:
-        return None
-    return ends["server-rx"] + ends["client-tx"]
-
-
 def wait_until_worker_read_everything(server: GunicornServer, request: RawRequest) -> None:
     """Bounded wait until the worker has taken every byte we sent out of the kernel (they arrived)."""
-    if not HAS_PROC_NET:
-        return
-    poll(
-        lambda: in_flight(server.port, request.client_port) == 0,
-        "the worker to read every byte sent so far",
-    )
+    if HAS_PROC_NET:
+        wait_drained(server, request)
 
 
 def holder_answer(request: RawRequest) -> RawResponse:
