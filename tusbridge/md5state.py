@@ -30,7 +30,7 @@ def _libcrypto() -> ctypes.CDLL | None:
             lib = ctypes.CDLL(name)
             for fn in (lib.MD5_Init, lib.MD5_Update, lib.MD5_Final):
                 fn.restype = ctypes.c_int
-            lib.MD5_Update.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_size_t]
+            lib.MD5_Update.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t]
             return lib
         except (OSError, AttributeError):
             continue
@@ -53,9 +53,15 @@ class ResumableMD5:
                 raise ValueError("not an MD5 state")
             ctypes.memmove(self._ctx, state, _CTX_SIZE)
 
-    def update(self, data: bytes, /) -> None:
-        if data:
-            self._lib.MD5_Update(self._ctx, data, len(data))
+    def update(self, data: bytes | bytearray | memoryview, /) -> None:
+        if not data:
+            return
+        if isinstance(data, memoryview) and data.readonly:
+            data = data.tobytes()
+        elif not isinstance(data, bytes):
+            # A writable buffer (a piece of a reused read buffer) is passed without a copy.
+            data = (ctypes.c_char * len(data)).from_buffer(data)
+        self._lib.MD5_Update(self._ctx, data, len(data))
 
     @property
     def state(self) -> bytes:
