@@ -1,7 +1,10 @@
-"""Settings, read at request time so that tests and running sites can change them.
+"""Settings, read when first used rather than at import.
 
 Every setting is ``TUSBRIDGE_<NAME>`` in the Django settings module; the
-defaults below apply when it is absent. Nothing here is cached at import.
+defaults below apply when it is absent. A value is kept once read, and
+forgotten whenever Django announces a settings change (``override_settings``,
+pytest-django's ``settings``), as Django keeps its own settings: an absent
+setting would otherwise cost a failed attribute lookup on every request.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
+from django.core.signals import setting_changed
 
 DEFAULTS: dict[str, Any] = {
     # Where upload records live.
@@ -65,9 +69,24 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
+_values: dict[str, Any] = {}
+
+
 def get(name: str) -> Any:
     """Return the current value of ``TUSBRIDGE_<name>``."""
-    return getattr(settings, f"TUSBRIDGE_{name}", DEFAULTS[name])
+    try:
+        return _values[name]
+    except KeyError:
+        value = _values[name] = getattr(settings, f"TUSBRIDGE_{name}", DEFAULTS[name])
+        return value
+
+
+def _forget_values(**kwargs: Any) -> None:
+    _values.clear()
+
+
+# Any setting may matter (MEDIA_ROOT, for one), and changes are rare: forget them all.
+setting_changed.connect(_forget_values, dispatch_uid="tusbridge.conf")
 
 
 def upload_dir() -> str:

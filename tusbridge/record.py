@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from enum import StrEnum
 from typing import Any
@@ -84,27 +85,13 @@ class UploadRecord:
 
     @classmethod
     def from_redis(cls, raw: dict[bytes, bytes] | dict[str, str]) -> UploadRecord:
-        """Rebuild from a Redis hash (bytes or str keys)."""
-        data = {_text(k): _text(v) for k, v in raw.items()}
-        known = {f.name for f in fields(cls)}
+        """Rebuild from a Redis hash (bytes or str keys); fields it does not know are skipped."""
         kwargs: dict[str, Any] = {}
-        for name, value in data.items():
-            if name not in known:
-                continue
-            if name in _JSON_FIELDS:
-                kwargs[name] = json.loads(value) if value else None
-            elif name in _INT_FIELDS:
-                kwargs[name] = int(value)
-            elif name in _OPTIONAL_INT_FIELDS:
-                kwargs[name] = int(value) if value else None
-            elif name in _FLOAT_FIELDS:
-                kwargs[name] = float(value) if value else 0.0
-            elif name in _OPTIONAL_FLOAT_FIELDS:
-                kwargs[name] = float(value) if value else None
-            elif name == "state":
-                kwargs[name] = State(value)
-            else:
-                kwargs[name] = value
+        for key, value in raw.items():
+            name = _text(key)
+            decode = _DECODERS.get(name)
+            if decode is not None:
+                kwargs[name] = decode(_text(value))
         for name in _JSON_FIELDS:
             if kwargs.get(name) is None:
                 kwargs.pop(name, None)
@@ -127,3 +114,35 @@ def encode_field(name: str, value: Any) -> str:
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
+
+
+def _optional_int(value: str) -> int | None:
+    return int(value) if value else None
+
+
+def _float(value: str) -> float:
+    return float(value) if value else 0.0
+
+
+def _optional_float(value: str) -> float | None:
+    return float(value) if value else None
+
+
+def _json(value: str) -> Any:
+    return json.loads(value) if value else None
+
+
+def _as_is(value: str) -> str:
+    return value
+
+
+# How each stored field is read back (every field of UploadRecord has one).
+_DECODERS: dict[str, Callable[[str], Any]] = {
+    **{f.name: _as_is for f in fields(UploadRecord)},
+    **dict.fromkeys(_JSON_FIELDS, _json),
+    **dict.fromkeys(_INT_FIELDS, int),
+    **dict.fromkeys(_OPTIONAL_INT_FIELDS, _optional_int),
+    **dict.fromkeys(_FLOAT_FIELDS, _float),
+    **dict.fromkeys(_OPTIONAL_FLOAT_FIELDS, _optional_float),
+    "state": State,
+}

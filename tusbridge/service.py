@@ -19,6 +19,7 @@ from typing import Any
 
 from django.core.files import File
 from django.core.files.storage import Storage
+from django.core.signals import setting_changed
 
 from . import conf, errors, locking, md5state
 from .appending import AppendResult, AppendSession, Digest, Readable
@@ -722,10 +723,29 @@ class UploadService:
 
 
 _stores: dict[tuple[Any, ...], RedisRecordStore] = {}
+_services: dict[str, UploadService] = {}
 
 
 def get_service() -> UploadService:
-    """The service as the current settings describe it (read on every request)."""
+    """The service as the current settings describe it.
+
+    Built on first use and kept until Django announces a settings change
+    (see ``conf``); it holds no state of its own between requests.
+    """
+    service = _services.get("current")
+    if service is None:
+        service = _services["current"] = _build_service()
+    return service
+
+
+def _forget_service(**kwargs: Any) -> None:
+    _services.clear()
+
+
+setting_changed.connect(_forget_service, dispatch_uid="tusbridge.service")
+
+
+def _build_service() -> UploadService:
     url, timeout, prefix = conf.get("REDIS_URL"), float(conf.get("REDIS_TIMEOUT")), conf.get("KEY_PREFIX")
     key = (url, timeout, prefix)
     records = _stores.get(key)
