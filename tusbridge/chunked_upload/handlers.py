@@ -20,11 +20,12 @@ from typing import TYPE_CHECKING, Any
 
 from django.core.files.uploadhandler import FileUploadHandler, StopFutureHandlers
 from django.http import HttpRequest
-from django.http.multipartparser import MultiPartParser
 
 from .. import errors
 from ..appending import AppendSession
+from ..bodies import reader_for
 from ..permissions import owner_of
+from .multipart import ChunkBodyParser
 
 if TYPE_CHECKING:
     from .views import ChunkedUploadView
@@ -61,7 +62,7 @@ class DirectChunkHandler(FileUploadHandler):
     def __init__(self, request: HttpRequest, view: ChunkedUploadView) -> None:
         super().__init__(request)
         self.view = view
-        self.parser: MultiPartParser | None = None
+        self.parser: ChunkBodyParser | None = None
         self.session: AppendSession | None = None
         self.expected = 0
         self.received = 0
@@ -74,7 +75,15 @@ class DirectChunkHandler(FileUploadHandler):
         request.upload_handlers = [self, *request.upload_handlers]
 
         def parse_file_upload(meta: Any, post_data: Any) -> Any:
-            self.parser = MultiPartParser(meta, post_data, request.upload_handlers, request.encoding)
+            try:
+                length = int(meta.get("CONTENT_LENGTH") or 0)
+            except ValueError:
+                length = 0
+            stream = post_data
+            if length > 0 and post_data is request:
+                stream = reader_for(request, length)
+                request._read_started = True  # as if Django had read it: request.body is gone now
+            self.parser = ChunkBodyParser(meta, stream, request.upload_handlers, request.encoding, self.view.field_name)
             return self.parser.parse()
 
         request.parse_file_upload = parse_file_upload  # type: ignore[method-assign]

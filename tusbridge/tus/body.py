@@ -6,159 +6,13 @@ import io
 import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
 
 from django.http import HttpRequest
 
 from .. import errors
 from ..appending import Readable
+from ..bodies import reader_for
 from .headers import parse_uint
-
-
-class BodyReader:
-    """``wsgi.input`` limited to Content-Length.
-
-    Django's own request stream would do, except that it turns every read
-    error into UnreadablePostError, which hides the read timeouts that
-    ``polling_reads`` relies on. Under gunicorn the body is read from the
-    socket itself (see ``_SocketBody``).
-    """
-
-    def __init__(self, stream: Readable, length: int) -> None:
-        self._stream = stream
-        self._remaining = length
-        self._socket_body = _SocketBody.attach(stream, length)
-
-    def read(self, size: int = -1, /) -> bytes:
-        if self._remaining <= 0:
-            return b""
-        if size < 0 or size > self._remaining:
-            size = self._remaining
-        if self._socket_body is not None:
-            buffer = bytearray(size)
-            data = bytes(memoryview(buffer)[: self._socket_body.readinto(memoryview(buffer))])
-        else:
-            data = self._stream.read(size)
-        self._remaining -= len(data)
-        return data
-
-    def readinto(self, buffer: memoryview, /) -> int:
-        """Fill ``buffer`` (less at the end of the body, or when the client pauses); 0 at the end."""
-        if self._remaining <= 0:
-            return 0
-        view = buffer[: self._remaining]
-        if self._socket_body is not None:
-            n = self._socket_body.readinto(view)
-        else:
-            data = self._stream.read(len(view))
-            n = len(data)
-            view[:n] = data
-        self._remaining -= n
-        return n
-
-    def drain(self) -> bytes:
-        """Bytes that arrived but that no read returned yet, without waiting for more.
-
-        A read that times out leaves what it received so far in gunicorn's
-        buffers (the next read would return it). A request that stops early
-        (another request wants the upload) takes those bytes too, so that
-        every byte that reached the server is stored. Reads straight from the
-        socket keep no such buffer, and other servers keep none we can see.
-        """
-        if self._socket_body is not None:
-            return b""
-        data = _take_gunicorn_buffer(self._stream, self._remaining)
-        self._remaining -= len(data)
-        return data
-
-
-class _SocketBody:
-    """A gunicorn request body of known length, read with ``recv_into`` from the socket.
-
-    gunicorn's own reader copies every piece through two buffers of its own;
-    reading from the socket into the caller's buffer copies each byte once.
-    What gunicorn already read past the headers is taken from its buffers
-    first, and its reader is told how much of the body is left, so that it
-    finds the request fully read afterwards and the connection can serve the
-    next request as usual.
-    """
-
-    def __init__(self, body: Any, sock: socket.socket, leftover: bytes) -> None:
-        self._body = body
-        self._reader = body.reader
-        self._socket = sock
-        self._leftover = memoryview(leftover)
-
-    @classmethod
-    def attach(cls, stream: Any, length: int) -> _SocketBody | None:
-        reader = getattr(stream, "reader", None)
-        unreader = getattr(reader, "unreader", None)
-        sock = getattr(unreader, "sock", None)
-        if not (
-            type(stream).__name__ == "Body"
-            and type(reader).__name__ == "LengthReader"
-            and type(unreader).__name__ == "SocketUnreader"
-            and isinstance(sock, socket.socket)
-            and isinstance(getattr(stream, "buf", None), io.BytesIO)
-            and isinstance(getattr(unreader, "buf", None), io.BytesIO)
-            and isinstance(getattr(reader, "length", None), int)
-            and len(stream.buf.getvalue()) + reader.length == length
-        ):
-            return None
-        return cls(stream, sock, _take_gunicorn_buffer(stream, length))
-
-    def readinto(self, view: memoryview) -> int:
-        """Up to ``len(view)`` bytes; raises TimeoutError only when none arrived in time."""
-        if self._leftover:
-            n = min(len(view), len(self._leftover))
-            view[:n] = self._leftover[:n]
-            self._leftover = self._leftover[n:]
-            return n
-        want = min(len(view), self._reader.length)
-        got = 0
-        while got < want:
-            try:
-                n = self._socket.recv_into(view[got:want])
-            except TimeoutError:
-                if got:
-                    break
-                raise
-            except OSError:
-                self._body.failed = True  # gunicorn must not reuse the connection
-                if got:
-                    break
-                raise
-            if not n:
-                self._body.failed = True
-                break
-            got += n
-            self._reader.length -= n
-        return got
-
-
-def _take_gunicorn_buffer(stream: Any, limit: int) -> bytes:
-    """Up to ``limit`` bytes that a gunicorn request body of known length holds in its buffers, taken out.
-
-    Anything past ``limit`` in the socket buffer belongs to the next request
-    on the connection, and stays.
-    """
-    reader = getattr(stream, "reader", None)
-    unreader = getattr(reader, "unreader", None)
-    body_buffer = getattr(stream, "buf", None)
-    read_buffer = getattr(unreader, "buf", None)
-    if type(reader).__name__ != "LengthReader" or not isinstance(body_buffer, io.BytesIO):
-        return b""
-    if not isinstance(read_buffer, io.BytesIO) or not isinstance(getattr(reader, "length", None), int):
-        return b""
-    held = body_buffer.getvalue()
-    stream.buf = io.BytesIO()
-    # The socket buffer may run past this body; the reader's length says where it ends.
-    pending = read_buffer.getvalue()
-    own = min(len(pending), reader.length, max(limit - len(held), 0))
-    unreader.buf = io.BytesIO()
-    unreader.buf.write(pending[own:])
-    reader.length -= own
-    return (held + pending[:own])[:limit]
 
 
 def request_body(request: HttpRequest) -> tuple[Readable, int | None]:
@@ -174,9 +28,7 @@ def request_body(request: HttpRequest) -> tuple[Readable, int | None]:
             length = parse_uint("Content-Length", meta["CONTENT_LENGTH"])
         except ValueError as exc:
             raise errors.InvalidRequest(str(exc)) from None
-        if getattr(request, "_read_started", False) or "wsgi.input" not in meta:
-            return request, length  # something already read from it through Django
-        return BodyReader(meta["wsgi.input"], length), length
+        return reader_for(request, length), length
     if "chunked" in meta.get("HTTP_TRANSFER_ENCODING", "").lower() and meta.get("wsgi.input_terminated"):
         return meta["wsgi.input"], None
     return io.BytesIO(), 0
