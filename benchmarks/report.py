@@ -102,7 +102,8 @@ def build(results: dict) -> tuple[str, dict]:
         f"{meta.get('chunked-upload_django_gunicorn', '–')}; "
         f"django-tus on {meta.get('django-tus_django_gunicorn', '–')}",
         f"- gunicorn servers: {meta['workers']} workers, `--timeout {meta['gunicorn_timeout']}`; gthread with "
-        f"{meta['gthread_threads']} threads per worker. The tus Node server is one Node process.",
+        f"{meta['gthread_threads']} threads per worker and `--reuse-port` (a listening socket per worker). "
+        "The tus Node server is one Node process.",
         "",
         "Columns: **MB/s** = uploaded bytes (10^6) / wall time from the first request to the last response "
         "(median of the runs, then min–max); **req/s** = HTTP requests / wall time; **completion** = duration "

@@ -455,7 +455,8 @@ def gunicorn_cmd(python: str, module: str, port: int, worker_class: str) -> list
         *gunicorn_extra_args(python),
     ]  # fmt: skip
     if worker_class == "gthread":
-        cmd += ["--worker-class", "gthread", "--threads", str(GTHREAD_THREADS)]
+        # As the README recommends: --reuse-port gives each worker its own listening socket.
+        cmd += ["--worker-class", "gthread", "--threads", str(GTHREAD_THREADS), "--reuse-port"]
     return cmd
 
 

@@ -25,6 +25,7 @@ gunicorn_cmd=(
     --workers 2
     --worker-class gthread
     --threads 4
+    --reuse-port
     --timeout 60
     --bind "${bind}"
     --access-logfile -

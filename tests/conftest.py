@@ -414,11 +414,12 @@ def _gunicorn_version_args() -> list[str]:
 
 
 def _worker_class_args(worker_class: str | None) -> list[str]:
-    """The worker class the README recommends (gthread, 4 threads), TUSBRIDGE_TEST_WORKER_CLASS, or a test's choice."""
+    """The configuration the README recommends (gthread, 4 threads, a socket per worker),
+    TUSBRIDGE_TEST_WORKER_CLASS, or a test's choice."""
     worker_class = worker_class or os.environ.get("TUSBRIDGE_TEST_WORKER_CLASS", "gthread")
     args = ["--worker-class", worker_class]
     if worker_class == "gthread":
-        args += ["--threads", "4"]
+        args += ["--threads", "4", "--reuse-port"]
     return args
 
 
