@@ -44,7 +44,8 @@ RESULTS = HERE / "results.json"
 
 MiB = 1 << 20
 GiB = 1 << 30
-WORKERS = 2
+# gunicorn's rule of thumb for every gunicorn server here, as the README recommends for tusbridge.
+WORKERS = 2 * (os.cpu_count() or 1) + 1
 GTHREAD_THREADS = 4
 # Sync workers are killed when one request outlives --timeout (their heartbeat
 # stops while they handle it), so a single 1 GiB PATCH needs a long one.
@@ -700,7 +701,12 @@ def client_command(scenario: Scenario, url: str, source: Path, md5: str, name: s
 
 
 def prepare_heads(cmd: list[str], timeout: float) -> tuple[list[str], dict | None]:
-    """S7: make the idle uploads first, outside the measurement; return the HEAD command or a failure."""
+    """S7: make the idle uploads, then send one unmeasured burst; return the HEAD command or a failure.
+
+    Every server gets the same warm-up burst: the first burst a fresh server
+    sees measures its start-up (a gunicorn worker's imports and Redis
+    connections, Node's JIT), not its latency under a burst.
+    """
     setup = [*cmd]
     setup[2] = "heads-setup"
     made, _ = run_client(setup, timeout)
@@ -708,7 +714,9 @@ def prepare_heads(cmd: list[str], timeout: float) -> tuple[list[str], dict | Non
         return cmd, made
     uploads = DATA / "run" / "heads.json"
     uploads.write_text(json.dumps(made))
-    return [*cmd, "--uploads", str(uploads)], None
+    heads = [*cmd, "--uploads", str(uploads)]
+    warm_up, _ = run_client(heads, timeout)
+    return heads, None if warm_up.get("ok") else warm_up
 
 
 def run_client(cmd: list[str], timeout: float) -> tuple[dict, float]:
