@@ -19,7 +19,7 @@ import http.client
 import os
 import socket
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
@@ -174,23 +174,33 @@ def worker_of_inode(server: GunicornServer, inode: int) -> int | None:
     return None
 
 
-def accepted_inode(server_port: int, client_port: int) -> int | None:
-    """Inode of the server-side socket of our connection once a process accepted it."""
+def _tcp_rows() -> Iterator[list[str]]:
+    """The rows of /proc/net/tcp and /proc/net/tcp6, split into columns."""
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         try:
             lines = Path(table).read_text().splitlines()[1:]
         except OSError:
             continue
         for line in lines:
-            fields = line.split()
-            local, remote, inode = fields[1], fields[2], int(fields[9])
-            if (
-                int(local.rsplit(":", 1)[1], 16) == server_port
-                and int(remote.rsplit(":", 1)[1], 16) == client_port
-                and inode != 0
-            ):
-                return inode
+            yield line.split()
+
+
+def _port(address: str) -> int:
+    return int(address.rsplit(":", 1)[1], 16)
+
+
+def accepted_inode(server_port: int, client_port: int) -> int | None:
+    """Inode of the server-side socket of our connection once a process accepted it."""
+    for columns in _tcp_rows():
+        inode = int(columns[9])
+        if _port(columns[1]) == server_port and _port(columns[2]) == client_port and inode != 0:
+            return inode
     return None
+
+
+def listening_sockets(port: int) -> int:
+    """How many sockets listen on ``port``: one shared, or one per worker with ``--reuse-port``."""
+    return sum(1 for columns in _tcp_rows() if columns[3] == "0A" and _port(columns[1]) == port)
 
 
 #: /proc/net/tcp states of a connection that a process still has to finish with.
@@ -204,21 +214,10 @@ def server_done_with(server_port: int, client_port: int) -> bool:
     side is ESTABLISHED, or CLOSE_WAIT after the client closed; once the worker
     has answered and closed it is LAST_ACK or gone.
     """
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            lines = Path(table).read_text().splitlines()[1:]
-        except OSError:
-            continue
-        for line in lines:
-            fields = line.split()
-            local, remote, state = fields[1], fields[2], fields[3]
-            if (
-                int(local.rsplit(":", 1)[1], 16) == server_port
-                and int(remote.rsplit(":", 1)[1], 16) == client_port
-                and state in _OPEN_STATES
-            ):
-                return False
-    return True
+    return not any(
+        _port(columns[1]) == server_port and _port(columns[2]) == client_port and columns[3] in _OPEN_STATES
+        for columns in _tcp_rows()
+    )
 
 
 def wait_server_done(server: GunicornServer, client_port: int) -> None:
@@ -229,19 +228,13 @@ def wait_server_done(server: GunicornServer, client_port: int) -> None:
 def in_flight(server_port: int, client_port: int) -> int | None:
     """Bytes we sent that the worker has not read yet (our send queue plus its receive queue)."""
     ends: dict[str, int] = {}
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            lines = Path(table).read_text().splitlines()[1:]
-        except OSError:
-            continue
-        for line in lines:
-            fields = line.split()
-            local, remote = int(fields[1].rsplit(":", 1)[1], 16), int(fields[2].rsplit(":", 1)[1], 16)
-            tx_queue, rx_queue = (int(q, 16) for q in fields[4].split(":"))
-            if (local, remote) == (server_port, client_port):
-                ends["server-rx"] = rx_queue
-            elif (local, remote) == (client_port, server_port):
-                ends["client-tx"] = tx_queue
+    for columns in _tcp_rows():
+        local, remote = _port(columns[1]), _port(columns[2])
+        tx_queue, rx_queue = (int(q, 16) for q in columns[4].split(":"))
+        if (local, remote) == (server_port, client_port):
+            ends["server-rx"] = rx_queue
+        elif (local, remote) == (client_port, server_port):
+            ends["client-tx"] = tx_queue
     if len(ends) != 2:
         return None
     return ends["server-rx"] + ends["client-tx"]

@@ -69,13 +69,22 @@ from tests.fault_support import (
     tus_patch,
     tus_patch_request,
 )
-from tests.live_support import HAS_PROC_NET, RawRequest, RawResponse, poll, upload_id_of, wait_drained
+from tests.live_support import (
+    HAS_PROC_NET,
+    RawRequest,
+    RawResponse,
+    listening_sockets,
+    poll,
+    upload_id_of,
+    wait_drained,
+)
 
 pytestmark = [
     pytest.mark.live,
     pytest.mark.skipif(not HAS_PROC_NET, reason="finds the worker to kill through /proc"),
 ]
 
+WORKERS = 2
 SERVER_ENV = {
     # A dead worker's lock lives this long; the next request waits it out.
     "TUSBRIDGE_TEST_LOCK_TTL": "1.5",
@@ -126,6 +135,8 @@ class Uploader:
         self.user = user
         self.tally = tally
         self.rng = random.Random(seed)
+        # One shared socket, or one per worker with --reuse-port.
+        self.listeners = listening_sockets(server.port)
 
     # The kill ---------------------------------------------------------------
 
@@ -151,9 +162,29 @@ class Uploader:
         self.tally.add(kills=1, **{counter: 1})
         reply = try_response(request, timeout=10 if mode == "end" else 2)
         poll(lambda: pid_gone(pid), f"worker {pid} to die", timeout=30)
+        self.wait_replaced(pid)
         if reply is not None:
             self.tally.add(killed_responses_received=1)
         return reply
+
+    def wait_replaced(self, dead: int) -> None:
+        """Until gunicorn has started the dead worker's replacement.
+
+        With ``--reuse-port`` each worker listens on a socket of its own; while
+        the set of sockets changes (one closes with the dead worker, the
+        replacement opens one), the kernel may reset a connection that arrives
+        (see the README's Production section). A client retries; this one waits
+        for the new worker instead, so that its next request is never such a
+        reset, whose outcome would be no test of tusbridge.
+        """
+        poll(
+            lambda: (
+                len([p for p in self.server.worker_pids() if p != dead]) >= WORKERS
+                and listening_sockets(self.server.port) >= self.listeners
+            ),
+            f"gunicorn to replace worker {dead}",
+            timeout=30,
+        )
 
     # Checks -----------------------------------------------------------------
 
@@ -322,7 +353,7 @@ def run_campaign(
         with monkeypatch.context() as env:
             if i == 0:
                 env.setenv("TUSBRIDGE_TEST_WORKER_CLASS", "sync")
-            servers.append(factory(SERVER_ENV, workers=2))
+            servers.append(factory(SERVER_ENV, workers=WORKERS))
     uploaders = [Uploader(s, login(s, f"killer-{i}"), tally, seed + i) for i, s in enumerate(servers)]
     shares = [plans[i::threads] for i in range(threads)]
     failed = threading.Event()
