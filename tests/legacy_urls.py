@@ -40,6 +40,13 @@ class LimitedChunkView(ChunkedUploadView):
     max_bytes = 1000
 
 
+class HookLimitedChunkView(ChunkedUploadView):
+    """At most 1000 bytes per upload, from an overriding ``get_max_bytes``."""
+
+    def get_max_bytes(self, request: HttpRequest) -> int | None:
+        return 1000
+
+
 class NoMd5CompleteView(ChunkedUploadCompleteView):
     """Completion without an md5."""
 
@@ -94,6 +101,7 @@ urlpatterns = [
     path("variant/strict/", StrictChunkView.as_view()),
     path("variant/the_file/", TheFileChunkView.as_view()),
     path("variant/limited/", LimitedChunkView.as_view()),
+    path("variant/hook_limited/", HookLimitedChunkView.as_view()),
     path("variant/nomd5/", NoMd5CompleteView.as_view()),
     path("variant/nocsrf/", NoCsrfChunkView.as_view()),
     path("variant/recording/", RecordingCompleteView.as_view()),

@@ -458,6 +458,7 @@ def test_chunk_hooks_are_called_in_order_with_their_arguments(
         "validate",
         "get_extra_attrs",
         "create_chunked_upload",
+        "get_max_bytes",
         "pre_save",
         "save",
         "post_save",
@@ -498,6 +499,7 @@ def test_chunk_hooks_are_called_in_order_with_their_arguments(
     ]
     assert in_order(seen, expected_later), seen
     assert "get_extra_attrs" not in seen and "create_chunked_upload" not in seen
+    assert seen.count("get_max_bytes") == 1, seen
     by_name = {name: (args, kwargs) for name, args, kwargs in calls}
     request = by_name["check_permissions"][0][0]
     (upload,) = by_name["is_valid_chunked_upload"][0]

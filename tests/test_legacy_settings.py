@@ -34,6 +34,7 @@ from tests.legacy_storage import LegacyTestStorage
 from tests.tus_helpers import (
     redis_client_fixture,  # noqa: F401
     redis_keys,
+    upload_dir,
 )
 from tusbridge.record import State
 
@@ -119,6 +120,23 @@ def test_max_bytes_of_a_subclass_wins_over_the_setting(client_logged_in: Client,
     assert post_chunk(client_logged_in, b"x" * 100, url="/variant/limited/", total=1000).status_code == 200
     refused = post_chunk(client_logged_in, b"x" * 100, url="/variant/limited/", total=1001)
     assert_error(refused, 400, {"detail": "Size of file exceeds the limit (1000 bytes)"})
+
+
+def test_max_bytes_from_an_overriding_hook_refuses_and_leaves_nothing(
+    client_logged_in: Client, redis_client: redis.Redis
+) -> None:
+    """An overriding ``get_max_bytes`` is only asked by the view; a refused chunk still leaves nothing."""
+    refused = post_chunk(client_logged_in, b"x" * 100, url="/variant/hook_limited/", total=1001)
+    assert_error(refused, 400, {"detail": "Size of file exceeds the limit (1000 bytes)"})
+    assert redis_keys(redis_client) == set() and uploads_on_disk() == []
+    first = post_chunk(client_logged_in, b"x" * 100, url="/variant/hook_limited/", total=1000)
+    assert first.status_code == 200
+    upload_id = json.loads(first.content)["upload_id"]
+    later = post_chunk(
+        client_logged_in, b"y" * 100, url="/variant/hook_limited/", start=100, total=1001, upload_id=upload_id
+    )
+    assert_error(later, 400, {"detail": "Size of file exceeds the limit (1000 bytes)"})
+    assert (upload_dir() / upload_id).read_bytes() == b"x" * 100
 
 
 # ENCODER and CONTENT_TYPE -------------------------------------------------------------------

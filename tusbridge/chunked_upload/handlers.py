@@ -101,7 +101,7 @@ class DirectChunkHandler(FileUploadHandler):
         if span is None:
             return
         start, end, total = span
-        max_bytes = self.view.get_max_bytes(self.request)
+        max_bytes = self.view.max_bytes_before_hooks()
         if end < start or end >= total or (max_bytes is not None and total > max_bytes):
             return
         upload_id = self._fields().get("upload_id")

@@ -179,6 +179,17 @@ class ChunkedUploadView(ChunkedUploadBaseView):
     def get_max_bytes(self, request: HttpRequest) -> int | None:
         return self.max_bytes
 
+    def max_bytes_before_hooks(self) -> int | None:
+        """The size limit where it is known without calling ``get_max_bytes``.
+
+        The upload handler refuses an oversized chunk before writing it when
+        the limit is the plain attribute; an overriding ``get_max_bytes`` is
+        only called by the view, once, where the original calls it.
+        """
+        if type(self).get_max_bytes is ChunkedUploadView.get_max_bytes:
+            return self.max_bytes
+        return None
+
     def create_chunked_upload(self, save: bool = False, **attrs: Any) -> ChunkedUpload:
         chunked_upload = self.model(service=self.service, **attrs)
         if save:
