@@ -320,19 +320,7 @@ class GunicornServer:
 
     def worker_pids(self) -> list[int]:
         """PIDs of the master's child processes, read from /proc (Linux only)."""
-        children: list[int] = []
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit():
-                continue
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            # Fields after the parenthesised command name: state, ppid, ...
-            fields = stat.rsplit(")", 1)[1].split()
-            if int(fields[1]) == self.pid:
-                children.append(int(entry.name))
-        return sorted(children)
+        return children_of(self.pid)
 
     def redis_client(self, **kwargs: Any) -> redis.Redis:
         """A redis-py client for the Redis this server uses."""
@@ -454,84 +442,120 @@ def start_gunicorn(
         )
 
     log_path = base_dir / "gunicorn.log"
+    process, port = run_gunicorn(
+        "tests.wsgi:application",
+        chdir=ROOT,
+        workers=workers,
+        worker_args=_worker_class_args(worker_class),
+        env=env,
+        log_path=log_path,
+        probe="/test-whoami/",
+        timeout=timeout,
+    )
+    server = GunicornServer(
+        url=f"http://127.0.0.1:{port}",
+        port=port,
+        upload_dir=upload_dir,
+        key_prefix=key_prefix,
+        redis=redis_server,
+        db_path=db_path,
+        log_path=log_path,
+        extra_env=extra,
+        process=process,
+    )
+    _LIVE_SERVERS.add(server)
+    return server
+
+
+def run_gunicorn(
+    app: str,
+    *,
+    chdir: Path,
+    workers: int,
+    worker_args: list[str],
+    env: Mapping[str, str],
+    log_path: Path,
+    probe: str,
+    timeout: float,
+) -> tuple[subprocess.Popen[bytes], int]:
+    """gunicorn serving ``app`` on a free port, once ``probe`` answers 200 and every worker is forked.
+
+    Tries another port when the free one was taken meanwhile; fails the test
+    with gunicorn's output otherwise.
+    """
     problem, log_text = "not started", ""
-    for _attempt in range(3):  # retry if the free port was taken meanwhile
+    for _attempt in range(3):
         port = free_port()
-        url = f"http://127.0.0.1:{port}"
         start_offset = log_path.stat().st_size if log_path.exists() else 0
+        command = [
+            sys.executable, "-m", "gunicorn", app,
+            "--chdir", str(chdir),
+            "--workers", str(workers),
+            *worker_args,
+            "--bind", f"127.0.0.1:{port}",
+            "--timeout", "60",
+            "--graceful-timeout", "5",
+            "--error-logfile", "-",
+            "--log-level", "info",
+            *_gunicorn_version_args(),
+        ]  # fmt: skip
         with log_path.open("ab") as log:
             process = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "gunicorn",
-                    "tests.wsgi:application",
-                    "--workers",
-                    str(workers),
-                    *_worker_class_args(worker_class),
-                    "--bind",
-                    f"127.0.0.1:{port}",
-                    "--chdir",
-                    str(ROOT),
-                    "--timeout",
-                    "60",
-                    "--graceful-timeout",
-                    "5",
-                    "--error-logfile",
-                    "-",
-                    "--log-level",
-                    "info",
-                    *_gunicorn_version_args(),
-                ],
-                cwd=ROOT,
-                env=env,
+                command,
+                cwd=chdir,
+                env=dict(env),
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
-        server = GunicornServer(
-            url=url,
-            port=port,
-            upload_dir=upload_dir,
-            key_prefix=key_prefix,
-            redis=redis_server,
-            db_path=db_path,
-            log_path=log_path,
-            extra_env=extra,
-            process=process,
-        )
-        problem = _wait_until_ready(server, workers, timeout)
+        problem = _wait_until_ready(process, f"http://127.0.0.1:{port}{probe}", workers, timeout)
         if problem is None:
-            _LIVE_SERVERS.add(server)
-            return server
+            return process, port
         _terminate(process, 5)
         log_text = _tail(log_path, start_offset)
         if "Address already in use" not in log_text:
             break
-    pytest.fail(f"gunicorn did not start: {problem}\n--- gunicorn stderr ---\n{log_text}", pytrace=False)
+    pytest.fail(f"gunicorn ({app}) did not start: {problem}\n--- gunicorn stderr ---\n{log_text}", pytrace=False)
 
 
-def _wait_until_ready(server: GunicornServer, workers: int, timeout: float) -> str | None:
-    """Poll until the app answers and every worker is forked; return a problem or None."""
+def _wait_until_ready(process: subprocess.Popen[bytes], probe_url: str, workers: int, timeout: float) -> str | None:
+    """Poll until ``probe_url`` answers and every worker is forked; return a problem or None."""
     deadline = time.monotonic() + timeout
     answered = False
     while time.monotonic() < deadline:
-        if not server.running:
-            return f"gunicorn exited with code {server.process.returncode}"
+        if process.poll() is not None:
+            return f"gunicorn exited with code {process.returncode}"
         if not answered:
             try:
-                response = requests.get(f"{server.url}/test-whoami/", timeout=2)
+                response = requests.get(probe_url, timeout=2)
             except requests.RequestException:
                 response = None
             if response is not None:
                 if response.status_code != 200:
-                    return f"GET /test-whoami/ answered {response.status_code}"
+                    return f"GET {probe_url} answered {response.status_code}"
                 answered = True
-        if answered and (not Path("/proc").is_dir() or len(server.worker_pids()) >= workers):
+        if answered and (not Path("/proc").is_dir() or len(children_of(process.pid)) >= workers):
             return None
         time.sleep(0.1)
     return f"not ready within {timeout}s"
+
+
+def children_of(pid: int) -> list[int]:
+    """PIDs of the child processes of ``pid``, read from /proc (Linux only)."""
+    children: list[int] = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # Fields after the parenthesised command name: state, ppid, ...
+        fields = stat.rsplit(")", 1)[1].split()
+        if int(fields[1]) == pid:
+            children.append(int(entry.name))
+    return sorted(children)
 
 
 @pytest.fixture(scope="module")

@@ -43,10 +43,10 @@ from tests.conftest import (
     ROOT,
     RedisServer,
     _copy_artifact,
-    _gunicorn_version_args,
     _tail,
     _terminate,
-    free_port,
+    children_of,
+    run_gunicorn,
 )
 
 if TYPE_CHECKING:
@@ -115,16 +115,7 @@ class ExampleServer:
         return self.process.poll() is None
 
     def worker_pids(self) -> list[int]:
-        children = []
-        for entry in Path("/proc").iterdir():
-            if entry.name.isdigit():
-                try:
-                    stat = (entry / "stat").read_text()
-                except OSError:
-                    continue
-                if int(stat.rsplit(")", 1)[1].split()[1]) == self.process.pid:
-                    children.append(int(entry.name))
-        return children
+        return children_of(self.process.pid)
 
     def stored_bytes(self, upload_id: str) -> bytes:
         """The finished file as tusbridge keeps it (the example sets no TUSBRIDGE_STORAGE)."""
@@ -181,82 +172,29 @@ def start_example_server(redis_server: RedisServer, base_dir: Path, workers: int
         pytest.fail(f"example/bootstrap.py failed:\n{boot.stdout}\n{boot.stderr}", pytrace=False)
 
     log_path = base_dir / "gunicorn-example.log"
-    problem = "not started"
-    for _attempt in range(3):  # the free port may be taken meanwhile
-        port = free_port()
-        start_offset = log_path.stat().st_size if log_path.exists() else 0
-        with log_path.open("ab") as log:
-            process = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "gunicorn",
-                    "example_site.wsgi:application",
-                    "--chdir",
-                    str(EXAMPLE_DIR),
-                    "--workers",
-                    str(workers),
-                    "--worker-class",
-                    "sync",
-                    "--bind",
-                    f"127.0.0.1:{port}",
-                    "--timeout",
-                    "60",
-                    "--graceful-timeout",
-                    "5",
-                    "--error-logfile",
-                    "-",
-                    "--log-level",
-                    "info",
-                    *_gunicorn_version_args(),
-                ],
-                cwd=EXAMPLE_DIR,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        server = ExampleServer(
-            url=f"http://127.0.0.1:{port}",
-            port=port,
-            var_dir=base_dir / "var",
-            upload_dir=base_dir / "uploads",
-            key_prefix=key_prefix,
-            redis=redis_server,
-            log_path=log_path,
-            password=DEMO_PASSWORD,
-            process=process,
-        )
-        problem = _wait_until_ready(server, workers)
-        if problem is None:
-            _LIVE_SERVERS.add(server)  # type: ignore[arg-type]  (failing tests show its log)
-            return server
-        _terminate(process, 5)
-        if "Address already in use" not in _tail(log_path, start_offset):
-            break
-    pytest.fail(f"the example's gunicorn did not start: {problem}\n{_tail(log_path)}", pytrace=False)
-
-
-def _wait_until_ready(server: ExampleServer, workers: int, timeout: float = 30.0) -> str | None:
-    deadline = time.monotonic() + timeout
-    answered = False
-    while time.monotonic() < deadline:
-        if not server.running:
-            return f"gunicorn exited with code {server.process.returncode}"
-        if not answered:
-            try:
-                response = requests.get(f"{server.url}/accounts/login/", timeout=2)
-            except requests.RequestException:
-                response = None
-            if response is not None:
-                if response.status_code != 200:
-                    return f"GET /accounts/login/ answered {response.status_code}"
-                answered = True
-        if answered and len(server.worker_pids()) >= workers:
-            return None
-        time.sleep(0.1)
-    return f"not ready within {timeout}s"
+    process, port = run_gunicorn(
+        "example_site.wsgi:application",
+        chdir=EXAMPLE_DIR,
+        workers=workers,
+        worker_args=["--worker-class", "sync"],
+        env=env,
+        log_path=log_path,
+        probe="/accounts/login/",
+        timeout=30,
+    )
+    server = ExampleServer(
+        url=f"http://127.0.0.1:{port}",
+        port=port,
+        var_dir=base_dir / "var",
+        upload_dir=base_dir / "uploads",
+        key_prefix=key_prefix,
+        redis=redis_server,
+        log_path=log_path,
+        password=DEMO_PASSWORD,
+        process=process,
+    )
+    _LIVE_SERVERS.add(server)  # type: ignore[arg-type]  (failing tests show its log)
+    return server
 
 
 @pytest.fixture(scope="session")
