@@ -25,8 +25,9 @@ check:
   (whatever the dead worker wrote past the offset was cut off).
 
 Every upload then finishes with the source's sha256 (legacy: the md5
-completion is accepted). The dead worker's lock expires after
-TUSBRIDGE_LOCK_TTL (1.5 s here), which is the price of each kill.
+completion is accepted). The dead worker's lock is removed by the next
+request (its token names a process that is gone); it would otherwise expire
+after TUSBRIDGE_LOCK_TTL (1.5 s here).
 
 The figures (kills, uploads, bytes) are printed and, when
 TUSBRIDGE_TEST_ARTIFACTS is set, written to ``faults-worker-kill.json`` there.
@@ -86,7 +87,8 @@ pytestmark = [
 
 WORKERS = 2
 SERVER_ENV = {
-    # A dead worker's lock lives this long; the next request waits it out.
+    # A dead worker's lock is removed by the next request on this machine; should
+    # that ever fail, it lives this long and the next request waits it out.
     "TUSBRIDGE_TEST_LOCK_TTL": "1.5",
     "TUSBRIDGE_TEST_LOCK_WAIT": "5",
     # Small reads: a body is written in many pieces, so kills land between writes.

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from . import errors
+from .holders import holder_is_gone
 from .record import UploadRecord
 from .records import RecordStore
 from .records.base import ReleaseListener
+
+logger = logging.getLogger("tusbridge")
 
 
 class HeldLock:
@@ -113,11 +117,17 @@ def read_settled(
 
 
 def _ask_holder(records: RecordStore, upload_id: str, wait: float, deadline: float, next_request: float) -> float:
-    """One turn of waiting for a busy upload: repeat the release request now and then, then pause."""
+    """One turn of waiting for a busy upload: now and then, free a dead holder's lock or ask the holder; pause."""
     now = time.monotonic()
     if now >= deadline:
         raise errors.Locked(f"Upload is busy: another request holds it and did not release it within {wait:g} s")
     if now >= next_request:
+        holder = records.lock_holder(upload_id)
+        if holder is not None and holder_is_gone(holder):
+            # Its process died holding it (killed worker): nobody will release it before the TTL.
+            logger.warning("tusbridge: upload %s was locked by a process that is gone; lock removed", upload_id)
+            records.release_lock(upload_id, holder)
+            return now
         records.request_release(upload_id)
         next_request = now + 0.25
     time.sleep(0.02)

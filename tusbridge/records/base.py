@@ -133,6 +133,10 @@ class RecordStore(abc.ABC):
         """Release the lock if ``token`` still holds it."""
 
     @abc.abstractmethod
+    def lock_holder(self, upload_id: str) -> str | None:
+        """The token that holds the upload's lock, or None."""
+
+    @abc.abstractmethod
     def request_release(self, upload_id: str) -> None:
         """Ask whoever holds the upload's lock to finish up and let go."""
 

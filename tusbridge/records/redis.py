@@ -8,12 +8,12 @@ a script, for the same reason.
 
 from __future__ import annotations
 
-import secrets
 import threading
 from collections.abc import Iterable
 
 import redis
 
+from ..holders import new_token
 from ..record import State, UploadRecord, encode_field
 from .base import AdvanceResult, AdvanceStatus, RecordStore, ReleaseListener
 
@@ -261,12 +261,12 @@ class RedisRecordStore(RecordStore):
     # Lock -------------------------------------------------------------------
 
     def acquire_lock(self, upload_id: str, ttl: float) -> str | None:
-        token = secrets.token_hex(16)
+        token = new_token()
         taken = self.client.set(self.lock_key(upload_id), token, nx=True, px=max(1, int(ttl * 1000)))
         return token if taken else None
 
     def acquire_lock_and_get(self, upload_id: str, ttl: float) -> tuple[str | None, UploadRecord | None]:
-        token = secrets.token_hex(16)
+        token = new_token()
         taken, raw = self._acquire_and_get(
             keys=[self.lock_key(upload_id), self.record_key(upload_id)], args=[token, max(1, int(ttl * 1000))]
         )
@@ -281,6 +281,10 @@ class RedisRecordStore(RecordStore):
 
     def release_lock(self, upload_id: str, token: str) -> None:
         self._release(keys=[self.lock_key(upload_id)], args=[token])
+
+    def lock_holder(self, upload_id: str) -> str | None:
+        token = self.client.get(self.lock_key(upload_id))
+        return token.decode() if isinstance(token, bytes) else token
 
     def request_release(self, upload_id: str) -> None:
         self.client.publish(self.release_channel(upload_id), "release")
