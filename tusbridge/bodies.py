@@ -98,18 +98,16 @@ class _SocketBody:
 
     @classmethod
     def attach(cls, stream: Any, length: int) -> _SocketBody | None:
-        reader = getattr(stream, "reader", None)
-        unreader = getattr(reader, "unreader", None)
+        parts = _length_body_parts(stream)
+        if parts is None:
+            return None
+        reader, unreader = parts
         sock = getattr(unreader, "sock", None)
-        if not (
-            type(stream).__name__ == "Body"
-            and type(reader).__name__ == "LengthReader"
-            and type(unreader).__name__ == "SocketUnreader"
-            and isinstance(sock, socket.socket)
-            and isinstance(getattr(stream, "buf", None), io.BytesIO)
-            and isinstance(getattr(unreader, "buf", None), io.BytesIO)
-            and isinstance(getattr(reader, "length", None), int)
-            and len(stream.buf.getvalue()) + reader.length == length
+        if (
+            type(stream).__name__ != "Body"
+            or type(unreader).__name__ != "SocketUnreader"
+            or not isinstance(sock, socket.socket)
+            or len(stream.buf.getvalue()) + reader.length != length
         ):
             return None
         return cls(stream, sock, _take_gunicorn_buffer(stream, length))
@@ -143,24 +141,34 @@ class _SocketBody:
         return got
 
 
+def _length_body_parts(stream: Any) -> tuple[Any, Any] | None:
+    """gunicorn's ``LengthReader`` and its unreader behind ``stream``, when both have the buffers we know."""
+    reader = getattr(stream, "reader", None)
+    unreader = getattr(reader, "unreader", None)
+    if (
+        type(reader).__name__ != "LengthReader"
+        or not isinstance(getattr(reader, "length", None), int)
+        or not isinstance(getattr(stream, "buf", None), io.BytesIO)
+        or not isinstance(getattr(unreader, "buf", None), io.BytesIO)
+    ):
+        return None
+    return reader, unreader
+
+
 def _take_gunicorn_buffer(stream: Any, limit: int) -> bytes:
     """Up to ``limit`` bytes that a gunicorn request body of known length holds in its buffers, taken out.
 
     Anything past ``limit`` in the socket buffer belongs to the next request
     on the connection, and stays.
     """
-    reader = getattr(stream, "reader", None)
-    unreader = getattr(reader, "unreader", None)
-    body_buffer = getattr(stream, "buf", None)
-    read_buffer = getattr(unreader, "buf", None)
-    if type(reader).__name__ != "LengthReader" or not isinstance(body_buffer, io.BytesIO):
+    parts = _length_body_parts(stream)
+    if parts is None:
         return b""
-    if not isinstance(read_buffer, io.BytesIO) or not isinstance(getattr(reader, "length", None), int):
-        return b""
-    held = body_buffer.getvalue()
+    reader, unreader = parts
+    held = stream.buf.getvalue()
     stream.buf = io.BytesIO()
     # The socket buffer may run past this body; the reader's length says where it ends.
-    pending = read_buffer.getvalue()
+    pending = unreader.buf.getvalue()
     own = min(len(pending), reader.length, max(limit - len(held), 0))
     unreader.buf = io.BytesIO()
     unreader.buf.write(pending[own:])
