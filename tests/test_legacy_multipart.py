@@ -178,6 +178,24 @@ def test_parts_after_the_file_are_parsed_by_django() -> None:
     assert [name for name, _ in result["files"]] == ["extra", "file"]
 
 
+def test_a_body_that_ends_at_the_delimiter_after_the_file_interrupts_the_upload() -> None:
+    """No byte after the file's delimiter (not even the closing "--"): Django never completes that file."""
+    body = multipart([(field("upload_id"), b"1"), (file_part(), b"x" * 5000)], close=False) + f"--{BOUNDARY}".encode()
+    result = same_as_django(body)
+    assert result["direct"] is True
+    assert ("upload_interrupted",) in result["calls"]
+    assert result["files"] == []
+
+
+@pytest.mark.parametrize("close", [False, True])
+def test_a_delimiter_right_after_the_file_headers_is_left_to_django(close: bool) -> None:
+    """Its CR LF is the blank line's second half: Django finds no end of the headers and drops the part."""
+    body = f"--{BOUNDARY}\r\n{file_part()}\r\n\r\n--{BOUNDARY}".encode() + (b"--\r\n" if close else b"")
+    result = same_as_django(body)
+    assert result["direct"] is False
+    assert result["files"] == []
+
+
 def test_the_body_cut_inside_the_file_interrupts_the_upload() -> None:
     body = multipart([(field("upload_id"), b"1"), (file_part(), b"x" * 5000)])[:-40]
     result = same_as_django(body)

@@ -151,6 +151,10 @@ class ChunkBodyParser(MultiPartParser):
                 file_name = self.sanitize_file_name(force_str(part.filename, encoding, errors="replace"))
                 if name != self._file_field or not file_name:
                     return None
+                if delimiter.startswith(prefix[data_start : data_start + len(delimiter)]):
+                    # A delimiter right after the blank line takes its CR LF: Django sees
+                    # a part without a header end (and drops it). Its business.
+                    return None
                 self._post, self._files = post, MultiValueDict()
                 self._file = (name, file_name, force_str(part.content_type))
                 return data_start
@@ -220,11 +224,16 @@ class ChunkBodyParser(MultiPartParser):
                     handler.upload_interrupted()
                 return self._finish()
             pending += piece
-        if not skipped:
-            self.handle_file_complete(field_name, counters)
         rest = bytes(pending)
         while len(rest) < 2 and (piece := self._read(2)):
             rest += piece
+        if not rest:
+            # The body ends at the delimiter: Django's parser never completes the file then.
+            for handler in handlers:
+                handler.upload_interrupted()
+            return self._finish()
+        if not skipped:
+            self.handle_file_complete(field_name, counters)
         if not rest.startswith(b"--"):
             self._parse_rest(b"--" + self._boundary + rest)
         elif skipped:
