@@ -16,6 +16,7 @@ from tests.tus_helpers import (
     Tus,
     expiry_key,
     lock_key,
+    make_record,
     prefix,
     record_key,
     record_store,
@@ -25,7 +26,7 @@ from tests.tus_helpers import (
     upload_id_of,
 )
 from tusbridge import locking
-from tusbridge.record import State, UploadRecord, new_upload_id
+from tusbridge.record import State, new_upload_id
 from tusbridge.records.base import AdvanceStatus
 from tusbridge.records.redis import RedisRecordStore
 from tusbridge.service import get_service
@@ -34,22 +35,6 @@ from tusbridge.service import get_service
 @pytest.fixture
 def store(redis_client: redis.Redis) -> RedisRecordStore:
     return record_store(redis_client)
-
-
-def make_record(store: RedisRecordStore, length: int | None = 10, expires_in: float = 3600.0) -> UploadRecord:
-    """Store a fresh uploading record and return it."""
-    now = time.time()
-    record = UploadRecord(
-        id=new_upload_id(),
-        owner="1",
-        protocol="tus",
-        length=length,
-        created_at=now,
-        updated_at=now,
-        expires_at=now + expires_in,
-    )
-    store.create(record)
-    return record
 
 
 def advance(

@@ -13,6 +13,7 @@ import base64
 import hashlib
 import os
 import re
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +27,7 @@ from django.http import HttpResponse
 from django.test import Client
 from django.utils.http import parse_http_date
 
+from tusbridge.record import UploadRecord, new_upload_id
 from tusbridge.records.redis import RedisRecordStore
 from tusbridge.signals import upload_completed
 
@@ -127,6 +129,22 @@ def snapshot(client: redis.Redis) -> Snapshot:
 def record_store(client: redis.Redis) -> RedisRecordStore:
     """A record store on the test's private Redis under the test's key prefix."""
     return RedisRecordStore(client, prefix())
+
+
+def make_record(store: RedisRecordStore, length: int | None = 10, expires_in: float = 3600.0) -> UploadRecord:
+    """Store a fresh uploading record and return it."""
+    now = time.time()
+    record = UploadRecord(
+        id=new_upload_id(),
+        owner="1",
+        protocol="tus",
+        length=length,
+        created_at=now,
+        updated_at=now,
+        expires_at=now + expires_in,
+    )
+    store.create(record)
+    return record
 
 
 def move_expiry(client: redis.Redis, upload_id: str, expires_at: float, *, index: bool = True) -> None:

@@ -88,10 +88,10 @@ class UploadRecord:
         """Rebuild from a Redis hash (bytes or str keys); fields it does not know are skipped."""
         kwargs: dict[str, Any] = {}
         for key, value in raw.items():
-            name = _text(key)
-            decode = _DECODERS.get(name)
-            if decode is not None:
-                kwargs[name] = decode(_text(value))
+            known = _DECODERS.get(key)
+            if known is not None:
+                name, decode = known
+                kwargs[name] = decode(value)
         for name in _JSON_FIELDS:
             if kwargs.get(name) is None:
                 kwargs.pop(name, None)
@@ -112,37 +112,47 @@ def encode_field(name: str, value: Any) -> str:
     return str(value)
 
 
+# Decoders take a field's value as Redis returned it, bytes or str (a client
+# set to decode responses): int(), float() and json.loads() read both.
+
+
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def _optional_int(value: str) -> int | None:
+def _optional_int(value: bytes | str) -> int | None:
     return int(value) if value else None
 
 
-def _float(value: str) -> float:
+def _float(value: bytes | str) -> float:
     return float(value) if value else 0.0
 
 
-def _optional_float(value: str) -> float | None:
+def _optional_float(value: bytes | str) -> float | None:
     return float(value) if value else None
 
 
-def _json(value: str) -> Any:
+def _json(value: bytes | str) -> Any:
     return json.loads(value) if value else None
 
 
-def _as_is(value: str) -> str:
-    return value
+def _state(value: bytes | str) -> State:
+    return State(_text(value))
 
 
-# How each stored field is read back (every field of UploadRecord has one).
-_DECODERS: dict[str, Callable[[str], Any]] = {
-    **{f.name: _as_is for f in fields(UploadRecord)},
+_BY_NAME: dict[str, Callable[[bytes | str], Any]] = {
+    **{f.name: _text for f in fields(UploadRecord)},
     **dict.fromkeys(_JSON_FIELDS, _json),
     **dict.fromkeys(_INT_FIELDS, int),
     **dict.fromkeys(_OPTIONAL_INT_FIELDS, _optional_int),
     **dict.fromkeys(_FLOAT_FIELDS, _float),
     **dict.fromkeys(_OPTIONAL_FLOAT_FIELDS, _optional_float),
-    "state": State,
+    "state": _state,
+}
+
+# How each stored field is read back (every field of UploadRecord has one),
+# looked up by the field name as bytes or as str.
+_DECODERS: dict[bytes | str, tuple[str, Callable[[bytes | str], Any]]] = {
+    **{name: (name, decode) for name, decode in _BY_NAME.items()},
+    **{name.encode(): (name, decode) for name, decode in _BY_NAME.items()},
 }

@@ -8,6 +8,7 @@ a script, for the same reason.
 
 from __future__ import annotations
 
+import secrets
 import threading
 from collections.abc import Iterable
 
@@ -16,13 +17,22 @@ import redis
 from ..holders import new_token
 from ..record import State, UploadRecord, encode_field
 from .base import AdvanceResult, AdvanceStatus, RecordStore, ReleaseListener
+from .scripts import DirectScript
 
 # KEYS: record, lock. ARGV: token, expected, new, now, expires_at|"", auto_complete 1|0,
-# length to set|"", release the lock 1|0, then field/value pairs to set with the advance.
+# length to set|"", release the lock 1|0, a random id of this call, then field/value
+# pairs to set with the advance. Safe to run twice: the record keeps the id of the
+# last advance, so a repeat of a call that went through (only its reply was lost)
+# reports the same outcome instead of a mismatch; any other call is judged afresh.
 _ADVANCE = """
-if redis.call('GET', KEYS[2]) ~= ARGV[1] then return {'lock-lost', 0} end
-local f = redis.call('HMGET', KEYS[1], 'state', 'offset', 'length')
+local f = redis.call('HMGET', KEYS[1], 'state', 'offset', 'length', 'advance_id')
 if not f[1] then return {'missing', 0} end
+local new = tonumber(ARGV[3])
+if f[4] == ARGV[9] then
+  if f[1] == 'complete' and f[3] == ARGV[3] then return {'completed', new} end
+  return {'ok', new}
+end
+if redis.call('GET', KEYS[2]) ~= ARGV[1] then return {'lock-lost', 0} end
 local offset = tonumber(f[2])
 if f[1] ~= 'uploading' then return {'not-uploading', offset} end
 if offset ~= tonumber(ARGV[2]) then return {'offset-mismatch', offset} end
@@ -31,11 +41,10 @@ if ARGV[7] ~= '' then
   if length ~= '' and length ~= ARGV[7] then return {'length-mismatch', offset} end
   length = ARGV[7]
 end
-local new = tonumber(ARGV[3])
 if new < offset then return {'offset-mismatch', offset} end
 if length ~= '' and new > tonumber(length) then return {'past-length', offset} end
-redis.call('HSET', KEYS[1], 'offset', ARGV[3], 'updated_at', ARGV[4], 'length', length)
-for i = 9, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+redis.call('HSET', KEYS[1], 'offset', ARGV[3], 'updated_at', ARGV[4], 'length', length, 'advance_id', ARGV[9])
+for i = 10, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 if ARGV[5] ~= '' then redis.call('HSET', KEYS[1], 'expires_at', ARGV[5]) end
 if ARGV[8] == '1' then redis.call('DEL', KEYS[2]) end
 if ARGV[6] == '1' and length ~= '' and new == tonumber(length) then
@@ -72,8 +81,15 @@ return 'ok'
 """
 
 # KEYS: lock, record. ARGV: token, ttl in ms. Returns {taken 1|0, record fields...}.
+# Safe to run twice: a lock that already holds this token was taken by the first run.
 _ACQUIRE_AND_GET = """
-local taken = redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) and 1 or 0
+local taken = 0
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  taken = 1
+elseif redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  taken = 1
+end
 return {taken, redis.call('HGETALL', KEYS[2])}
 """
 
@@ -141,13 +157,14 @@ class RedisRecordStore(RecordStore):
     def __init__(self, client: redis.Redis, prefix: str) -> None:
         self.client = client
         self.prefix = prefix
-        self._advance = client.register_script(_ADVANCE)
+        # The scripts of every request take the direct path (see scripts.py).
+        self._advance = DirectScript(client, _ADVANCE)
+        self._refresh = DirectScript(client, _REFRESH)
+        self._release = DirectScript(client, _RELEASE)
+        self._acquire_and_get = DirectScript(client, _ACQUIRE_AND_GET)
+        self._get_if_unlocked = DirectScript(client, _GET_IF_UNLOCKED)
         self._complete = client.register_script(_COMPLETE)
-        self._refresh = client.register_script(_REFRESH)
-        self._release = client.register_script(_RELEASE)
         self._reserve = client.register_script(_RESERVE)
-        self._acquire_and_get = client.register_script(_ACQUIRE_AND_GET)
-        self._get_if_unlocked = client.register_script(_GET_IF_UNLOCKED)
 
     # Keys -------------------------------------------------------------------
 
@@ -216,6 +233,7 @@ class RedisRecordStore(RecordStore):
                 "1" if auto_complete else "0",
                 "" if length is None else str(length),
                 "1" if release_lock else "0",
+                secrets.token_hex(8),
                 *extra,
             ],
         )

@@ -1,0 +1,282 @@
+"""The per-request Lua scripts on their direct path, and their safety when a reply is lost.
+
+A small TCP relay sits between the record store and the test's Redis: it
+can drop the connection right after Redis has answered, the way a network
+blip or a read timeout loses a reply to a command that did run. The store
+then repeats the script through redis-py, and the repeat must report what
+the first run did, not a mismatch or a lock held by itself.
+"""
+
+from __future__ import annotations
+
+import os
+import selectors
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+
+from tests.tus_helpers import (  # noqa: F401
+    lock_key,
+    make_record,
+    record_key,
+    record_store,
+    redis_client_fixture,
+)
+from tusbridge.record import State, UploadRecord, new_upload_id
+from tusbridge.records.base import AdvanceStatus
+from tusbridge.records.redis import RedisRecordStore
+
+
+class ReplyDropper:
+    """Relays TCP to Redis; when armed, the reply to the next script call (EVALSHA) is dropped
+    and the client's connection closed, after Redis has run the script."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.armed = 0
+        self.dropped = 0
+        self._lock = threading.Lock()
+        self._stop = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def drop_next_replies(self, count: int = 1) -> None:
+        with self._lock:
+            self.armed = count
+
+    def _take_arm(self) -> bool:
+        with self._lock:
+            if self.armed:
+                self.armed -= 1
+                self.dropped += 1
+                return True
+            return False
+
+    def _accept(self) -> None:
+        while not self._stop:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            server = socket.create_connection(("127.0.0.1", self.target_port))
+            threading.Thread(target=self._relay, args=(client, server), daemon=True).start()
+
+    def _relay(self, client: socket.socket, server: socket.socket) -> None:
+        drop_reply = False
+        selector = selectors.DefaultSelector()
+        selector.register(client, selectors.EVENT_READ)
+        selector.register(server, selectors.EVENT_READ)
+        try:
+            while not self._stop:
+                for key, _ in selector.select(1.0):
+                    sock = key.fileobj
+                    data = sock.recv(65536)
+                    if not data:
+                        return
+                    if sock is client:
+                        drop_reply = drop_reply or (b"EVALSHA" in data and self._take_arm())
+                        server.sendall(data)
+                    elif drop_reply:
+                        return  # Redis ran the script; its answer never reaches the client
+                    else:
+                        client.sendall(data)
+        finally:
+            selector.close()
+            client.close()
+            server.close()
+
+    def close(self) -> None:
+        self._stop = True
+        self.listener.close()
+
+
+@pytest.fixture
+def dropper(redis_server: Any) -> Iterator[ReplyDropper]:
+    relay = ReplyDropper(redis_server.port)
+    try:
+        yield relay
+    finally:
+        relay.close()
+
+
+@pytest.fixture
+def relayed_store(dropper: ReplyDropper) -> Iterator[RedisRecordStore]:
+    """A store whose scripts Redis already knows, so a dropped reply is never a NOSCRIPT."""
+    client = redis.Redis(host="127.0.0.1", port=dropper.port, socket_timeout=5)
+    store = record_store(client)
+    primer = make_record(store)
+    token, _ = store.acquire_lock_and_get(primer.id, 30)
+    assert token is not None and advance(store, primer.id, token, 0, 1, release_lock=True).ok
+    assert store.get_if_unlocked(primer.id)[0]
+    try:
+        yield store
+    finally:
+        client.close()
+
+
+def advance(store: RedisRecordStore, upload_id: str, token: str, expected: int, new: int, **kwargs: Any) -> Any:
+    options: dict[str, Any] = {"now": time.time(), "expires_at": None, "auto_complete": True, **kwargs}
+    return store.advance(upload_id, expected=expected, new=new, lock_token=token, **options)
+
+
+def locked(store: RedisRecordStore, length: int | None = 10) -> tuple[UploadRecord, str]:
+    """A fresh record and the token of its lock."""
+    record = make_record(store, length=length)
+    token, _ = store.acquire_lock_and_get(record.id, 30)
+    assert token is not None
+    return record, token
+
+
+def test_a_lost_reply_to_an_advance_is_repeated_with_the_same_outcome(
+    relayed_store: RedisRecordStore, dropper: ReplyDropper, redis_client: redis.Redis
+) -> None:
+    record, token = locked(relayed_store)
+    dropper.drop_next_replies()
+    result = advance(relayed_store, record.id, token, 0, 4, release_lock=True)
+    assert dropper.dropped == 1
+    assert result.status is AdvanceStatus.OK and result.offset == 4
+    assert int(redis_client.hget(record_key(record.id), "offset")) == 4
+    # The first run released the lock; the repeat did not report it as lost.
+    assert redis_client.get(lock_key(record.id)) is None
+
+
+def test_a_lost_reply_to_the_completing_advance_still_reports_completion_once(
+    relayed_store: RedisRecordStore, dropper: ReplyDropper, redis_client: redis.Redis
+) -> None:
+    record, token = locked(relayed_store)
+    assert advance(relayed_store, record.id, token, 0, 4).ok
+    dropper.drop_next_replies()
+    result = advance(relayed_store, record.id, token, 4, 10)
+    assert dropper.dropped == 1
+    assert result.status is AdvanceStatus.COMPLETED and result.offset == 10
+    assert redis_client.hget(record_key(record.id), "state") == State.COMPLETE.value.encode()
+    # Another call, even with the same lock and offsets, is judged on its own.
+    assert advance(relayed_store, record.id, token, 4, 10).status is AdvanceStatus.NOT_UPLOADING
+
+
+def test_a_lost_reply_to_taking_the_lock_does_not_lock_the_taker_out(
+    relayed_store: RedisRecordStore, dropper: ReplyDropper, redis_client: redis.Redis
+) -> None:
+    record = make_record(relayed_store)
+    dropper.drop_next_replies()
+    token, read = relayed_store.acquire_lock_and_get(record.id, 30)
+    assert dropper.dropped == 1
+    assert token is not None and read is not None and read.id == record.id
+    assert redis_client.get(lock_key(record.id)) == token.encode()
+    # Someone else's token still finds it taken.
+    other, _ = relayed_store.acquire_lock_and_get(record.id, 30)
+    assert other is None
+
+
+def test_a_lost_reply_to_a_settled_read_is_read_again(relayed_store: RedisRecordStore, dropper: ReplyDropper) -> None:
+    record = make_record(relayed_store)
+    dropper.drop_next_replies()
+    unlocked, read = relayed_store.get_if_unlocked(record.id)
+    assert dropper.dropped == 1
+    assert unlocked and read is not None and read.offset == 0
+
+
+def test_scripts_that_redis_forgot_are_loaded_again(store_client: redis.Redis) -> None:
+    store = record_store(store_client)
+    record = make_record(store)
+    store_client.script_flush()
+    token, read = store.acquire_lock_and_get(record.id, 30)
+    assert token is not None and read is not None
+    store_client.script_flush()
+    assert advance(store, record.id, token, 0, 3, release_lock=True).offset == 3
+    assert store.get_if_unlocked(record.id)[0] is True
+
+
+@pytest.fixture
+def store_client(redis_server: Any) -> Iterator[redis.Redis]:
+    client = redis_server.client()
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+def test_a_connection_killed_between_calls_is_replaced(store_client: redis.Redis, redis_client: redis.Redis) -> None:
+    store = record_store(store_client)
+    record = make_record(store)
+    assert store.get_if_unlocked(record.id)[0]
+    killed = redis_client.client_kill_filter(_type="normal", skipme=True)
+    assert killed >= 1
+    unlocked, read = store.get_if_unlocked(record.id)
+    assert unlocked and read is not None and read.id == record.id
+
+
+def test_concurrent_threads_never_share_a_connection(store_client: redis.Redis) -> None:
+    store = record_store(store_client)
+    records = [make_record(store, length=None) for _ in range(8)]
+    errors: list[BaseException] = []
+
+    def worker(record: UploadRecord) -> None:
+        try:
+            for step in range(50):
+                token, read = store.acquire_lock_and_get(record.id, 30)
+                assert token is not None and read is not None and read.id == record.id
+                assert advance(store, record.id, token, step, step + 1, auto_complete=False, release_lock=True).ok
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(record,)) for record in records]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert [store.get(record.id).offset for record in records] == [50] * 8
+
+
+def _connection_id(store: RedisRecordStore) -> int:
+    """The Redis client id of the connection the settled read just used."""
+    connection = store._get_if_unlocked._connections._idle[-1]
+    connection.send_command("CLIENT", "ID")
+    return int(connection.read_response())
+
+
+def test_a_forked_child_opens_connections_of_its_own(store_client: redis.Redis) -> None:
+    store = record_store(store_client)
+    record = make_record(store)
+    assert store.get_if_unlocked(record.id)[0]
+    parent_id = _connection_id(store)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: read through the inherited store, report the connection it used
+        try:
+            ok = store.get_if_unlocked(record.id)[0]
+            os.write(write, f"{int(ok)}:{_connection_id(store)}".encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    _, status = os.waitpid(pid, 0)
+    answer = os.read(read, 100).decode()
+    os.close(read)
+    assert os.waitstatus_to_exitcode(status) == 0
+    ok, child_id = answer.split(":")
+    assert ok == "1"
+    assert int(child_id) != parent_id
+    # The parent's connection is intact: the child neither used nor closed it.
+    assert store.get_if_unlocked(record.id)[0]
+    assert _connection_id(store) == parent_id
+
+
+def test_stores_on_one_client_share_its_direct_connections(
+    store_client: redis.Redis, redis_client: redis.Redis
+) -> None:
+    """A store per settings change (or per test) must not leave connections of its own behind."""
+    record_store(store_client).get_if_unlocked(new_upload_id())
+    before = len(redis_client.client_list())
+    for _ in range(20):
+        store = record_store(store_client)
+        token, _ = store.acquire_lock_and_get(new_upload_id(), 30)
+        assert token is not None
+        store.get_if_unlocked(new_upload_id())
+    assert len(redis_client.client_list()) == before
