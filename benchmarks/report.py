@@ -104,6 +104,15 @@ def build(results: dict) -> tuple[str, dict]:
         f"- gunicorn servers: {meta['workers']} workers, `--timeout {meta['gunicorn_timeout']}`; gthread with "
         f"{meta['gthread_threads']} threads per worker and `--reuse-port` (a listening socket per worker). "
         "The tus Node server is one Node process.",
+    ]
+    if "django-floor" in labels:
+        lines.append(
+            "- floor (legacy scenarios): tusbridge's site, settings and gunicorn set-up with a view that only "
+            "lets Django parse the chunk (its own multipart parser) and writes it at its offset: no lock, "
+            "record, checksum or checks, so not an upload server, but what any Django app pays per chunk here "
+            "(`sites/floor_site`)."
+        )
+    lines += [
         "",
         "Columns: **MB/s** = uploaded bytes (10^6) / wall time from the first request to the last response "
         "(median of the runs, then min–max); **req/s** = HTTP requests / wall time; **completion** = duration "
@@ -203,6 +212,7 @@ COLORS = {
     "tus-node": "#2ca02c",
     "django-tus": "#d62728",
     "chunked-upload": "#ff7f0e",
+    "django-floor": "#bcbd22",
     "sink": "#7f7f7f",
 }
 

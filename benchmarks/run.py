@@ -559,6 +559,21 @@ class Toolbox:
 
         return start
 
+    def start_floor(self, run_dir: Path, log_path: Path) -> Running:
+        """tusbridge's site and gunicorn set-up with a view that only parses and writes (sites/floor_site)."""
+        uploads = run_dir / "uploads"
+        uploads.mkdir()
+        db = self.database("floor_site", self.python, run_dir)
+        port = free_port()
+        env = self.site_env("floor_site", db, "redis://127.0.0.1:1/0", uploads)
+        process = spawn(gunicorn_cmd(self.python, "floor_site.wsgi:application", port, "gthread"), log_path, env, SITES)
+        try:
+            wait_ready([process], port, WORKERS, log_path)
+        except BaseException:
+            stop_process(process)
+            raise
+        return Running(f"http://127.0.0.1:{port}", [process], run_dir, lambda u: uploads / u["id"])
+
     def start_django_tus(self, run_dir: Path, log_path: Path) -> Running:
         self.check_available("django-tus")
         uploads = run_dir / "uploads"
@@ -670,6 +685,12 @@ def server_specs(tools: Toolbox | None) -> list[ServerSpec]:
             f"django-chunked-upload 2.0.0 (Django 3.2), gunicorn sync x{WORKERS}",
             ("legacy",),
             t.start_chunked_upload if t else None,
+        ),
+        ServerSpec(
+            "django-floor",
+            f"floor: Django view that only parses and writes, gunicorn gthread x{WORKERS}x{GTHREAD_THREADS}",
+            ("legacy",),
+            t.start_floor if t else None,
         ),
         ServerSpec(
             "sink", "ceiling: raw socket sink (Python)", ("tus", "legacy", "heads"), t.start_sink if t else None
