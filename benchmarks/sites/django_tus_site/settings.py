@@ -9,57 +9,25 @@ redis-server the harness gives tusbridge). It reads each PATCH body whole
 
 import os
 
-SECRET_KEY = "tusbridge-benchmark-not-secret"
-DEBUG = False
-ALLOWED_HOSTS = ["127.0.0.1", "localhost"]
+from common_settings import *  # noqa: F403
 
-INSTALLED_APPS = [
-    "django.contrib.auth",
-    "django.contrib.contenttypes",
-    "django.contrib.sessions",
-    "django_tus",
-]
-
-MIDDLEWARE = [
-    "django.middleware.security.SecurityMiddleware",
-    "django.contrib.sessions.middleware.SessionMiddleware",
-    "django.middleware.common.CommonMiddleware",
-    "django.middleware.csrf.CsrfViewMiddleware",
-    "django.contrib.auth.middleware.AuthenticationMiddleware",
-]
-
+INSTALLED_APPS = [*INSTALLED_APPS, "django_tus"]  # noqa: F405
 ROOT_URLCONF = "django_tus_site.urls"
 WSGI_APPLICATION = "django_tus_site.wsgi.application"
-
-DATABASES = {
-    "default": {
-        "ENGINE": "django.db.backends.sqlite3",
-        "NAME": os.environ.get("BENCH_DB_PATH", ":memory:"),
-    }
-}
 DEFAULT_AUTO_FIELD = "django.db.models.AutoField"
-USE_TZ = True
 
 CACHES = {
     "default": {
         "BACKEND": "django_redis.cache.RedisCache",
-        "LOCATION": os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:1/0"),
+        "LOCATION": REDIS_URL,  # noqa: F405
     }
 }
 
 DATA_UPLOAD_MAX_MEMORY_SIZE = None
 
-_data = os.environ.get("BENCH_UPLOAD_DIR", "/nonexistent")
-MEDIA_ROOT = _data
-TUS_UPLOAD_DIR = os.path.join(_data, "incoming")
-TUS_DESTINATION_DIR = os.path.join(_data, "done")
+MEDIA_ROOT = UPLOAD_DIR  # noqa: F405
+TUS_UPLOAD_DIR = os.path.join(UPLOAD_DIR, "incoming")  # noqa: F405
+TUS_DESTINATION_DIR = os.path.join(UPLOAD_DIR, "done")  # noqa: F405
 # Keep the client's file name (the client sends a unique one per upload).
 TUS_FILE_NAME_FORMAT = "keep"
 TUS_MAX_FILE_SIZE = 8 << 30
-
-LOGGING = {
-    "version": 1,
-    "disable_existing_loggers": False,
-    "handlers": {"stderr": {"class": "logging.StreamHandler"}},
-    "loggers": {"django.request": {"handlers": ["stderr"], "level": "ERROR"}},
-}

@@ -1,9 +1,9 @@
-"""The floor: tusbridge's benchmark site without tusbridge (same middleware, DEBUG off, no access log)."""
+"""The floor: the shared benchmark settings with no upload app at all (see views.py)."""
 
-from tusbridge_site.settings import *  # noqa: F403
+from common_settings import *  # noqa: F403
 
-INSTALLED_APPS = [app for app in INSTALLED_APPS if app != "tusbridge"]  # noqa: F405
 ROOT_URLCONF = "floor_site.urls"
 WSGI_APPLICATION = "floor_site.wsgi.application"
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
-FLOOR_UPLOAD_DIR = TUSBRIDGE_UPLOAD_DIR  # noqa: F405
+FLOOR_UPLOAD_DIR = UPLOAD_DIR  # noqa: F405
