@@ -11,9 +11,8 @@
 
 from __future__ import annotations
 
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +35,7 @@ from tests.legacy_helpers import (
     upload_chunks,
     uploads_on_disk,
 )
+from tests.together import run_together
 from tests.tus_helpers import (
     Completion,
     completions_fixture,  # noqa: F401
@@ -212,29 +212,6 @@ def test_rejected_later_chunk_leaves_the_upload_as_it_was(client_logged_in: Clie
 
 
 # Concurrent chunks ---------------------------------------------------------------------
-
-
-def run_together(calls: list[Callable[[], HttpResponse]]) -> list[HttpResponse]:
-    """Run the calls in threads released at the same moment; return their responses in order."""
-    barrier = threading.Barrier(len(calls))
-    results: list[Any] = [None] * len(calls)
-
-    def worker(index: int) -> None:
-        barrier.wait()
-        try:
-            results[index] = calls[index]()
-        except BaseException as exc:  # surfaced below
-            results[index] = exc
-
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(len(calls))]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    for result in results:
-        if isinstance(result, BaseException):
-            raise result
-    return results
 
 
 def test_concurrent_identical_chunks_are_appended_once(settings: Any, redis_client: redis.Redis) -> None:

@@ -9,14 +9,14 @@ send 100 000-byte chunks with the form fields first (``csrfmiddlewaretoken``,
 from __future__ import annotations
 
 import hashlib
-import threading
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import requests
 
 from tests.legacy_helpers import payload
 from tests.live_support import data_path, file_sha256, record_of
+from tests.together import run_together
 
 if TYPE_CHECKING:
     from tests.conftest import GunicornServer
@@ -115,28 +115,6 @@ def test_chunk_without_csrf_token_is_refused_live(gunicorn_server: GunicornServe
     )
     assert response.status_code == 403
     assert sorted(p.name for p in server.upload_dir.iterdir()) == before
-
-
-def run_together(calls: list[Any]) -> list[Any]:
-    barrier = threading.Barrier(len(calls))
-    results: list[Any] = [None] * len(calls)
-
-    def worker(index: int) -> None:
-        barrier.wait()
-        try:
-            results[index] = calls[index]()
-        except BaseException as exc:
-            results[index] = exc
-
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(len(calls))]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    for result in results:
-        if isinstance(result, BaseException):
-            raise result
-    return results
 
 
 def test_concurrent_identical_chunks_on_two_workers(gunicorn_server: GunicornServer) -> None:

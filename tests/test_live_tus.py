@@ -15,6 +15,7 @@ import os
 import struct
 import threading
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -46,6 +47,7 @@ from tests.live_support import (
     upload_id_of,
     wait_server_done,
 )
+from tests.together import run_together
 
 pytestmark = pytest.mark.live
 
@@ -381,25 +383,10 @@ def race(
         held.append(request)
         if HAS_PROC_NET:
             pids.append(request.worker_pid())
-    barrier = threading.Barrier(len(bodies))
-    replies: list[RawResponse | BaseException | None] = [None] * len(bodies)
-
-    def run(index: int) -> None:
-        try:
-            barrier.wait(timeout=30)
-            replies[index] = held[index].finish(bodies[index])
-        except BaseException as exc:  # reported below
-            replies[index] = exc
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(bodies))]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=60)
-    assert not any(thread.is_alive() for thread in threads)
-    for reply in replies:
-        assert isinstance(reply, RawResponse), reply
-    return [r for r in replies if isinstance(r, RawResponse)], pids
+    replies = run_together(
+        [partial(request.finish, body) for request, body in zip(held, bodies, strict=True)], timeout=30
+    )
+    return replies, pids
 
 
 @pytest.mark.parametrize("round_", range(3))

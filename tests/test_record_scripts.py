@@ -15,11 +15,13 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from functools import partial
 from typing import Any
 
 import pytest
 import redis
 
+from tests.together import run_together
 from tests.tus_helpers import (  # noqa: F401
     lock_key,
     make_record,
@@ -215,23 +217,14 @@ def test_a_connection_killed_between_calls_is_replaced(store_client: redis.Redis
 def test_concurrent_threads_never_share_a_connection(store_client: redis.Redis) -> None:
     store = record_store(store_client)
     records = [make_record(store, length=None) for _ in range(8)]
-    errors: list[BaseException] = []
 
-    def worker(record: UploadRecord) -> None:
-        try:
-            for step in range(50):
-                token, read = store.acquire_lock_and_get(record.id, 30)
-                assert token is not None and read is not None and read.id == record.id
-                assert advance(store, record.id, token, step, step + 1, auto_complete=False, release_lock=True).ok
-        except BaseException as exc:  # noqa: BLE001
-            errors.append(exc)
+    def steps(record: UploadRecord) -> None:
+        for step in range(50):
+            token, read = store.acquire_lock_and_get(record.id, 30)
+            assert token is not None and read is not None and read.id == record.id
+            assert advance(store, record.id, token, step, step + 1, auto_complete=False, release_lock=True).ok
 
-    threads = [threading.Thread(target=worker, args=(record,)) for record in records]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert errors == []
+    run_together([partial(steps, record) for record in records])
     assert [store.get(record.id).offset for record in records] == [50] * 8
 
 

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import threading
 import time
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -12,6 +10,7 @@ import redis
 from django.test import Client
 from redis.crc import key_slot
 
+from tests.together import run_threads
 from tests.tus_helpers import (
     Tus,
     expiry_key,
@@ -68,28 +67,6 @@ def offset_of(store: RedisRecordStore, upload_id: str) -> int:
     record = store.get(upload_id)
     assert record is not None
     return record.offset
-
-
-def run_threads(count: int, target: Callable[[], Any]) -> list[Any]:
-    """Run ``target`` in ``count`` threads released together; return their results."""
-    barrier = threading.Barrier(count)
-    results: list[Any] = []
-    failures: list[BaseException] = []
-
-    def body() -> None:
-        try:
-            barrier.wait()
-            results.append(target())
-        except BaseException as exc:  # re-raised below
-            failures.append(exc)
-
-    threads = [threading.Thread(target=body) for _ in range(count)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert failures == []
-    return results
 
 
 # Keys --------------------------------------------------------------------------------

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import re
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +13,7 @@ from django.conf import settings as django_settings
 from django.core.files.storage import FileSystemStorage
 from django.test import Client
 
+from tests.together import run_threads
 from tests.tus_helpers import (
     Completion,
     Tus,
@@ -98,26 +98,14 @@ def test_concurrent_completion_requests_complete_once(completions: list[Completi
     assert appended.completed is False
     assert completions == []
 
-    outcomes: list[str] = []
-    failures: list[BaseException] = []
-    barrier = threading.Barrier(8)
-
-    def confirm() -> None:
+    def confirm() -> str:
         try:
-            barrier.wait()
             get_service().complete(record.id, "7")
-            outcomes.append("completed")
         except errors.AlreadyComplete:
-            outcomes.append("already")
-        except BaseException as exc:  # reported below
-            failures.append(exc)
+            return "already"
+        return "completed"
 
-    threads = [threading.Thread(target=confirm) for _ in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert failures == []
+    outcomes = run_threads(8, confirm)
     assert outcomes.count("completed") == 1
     assert outcomes.count("already") == 7
     assert len(completions) == 1
@@ -128,26 +116,15 @@ def test_concurrent_final_appends_complete_once(completions: list[Completion]) -
     """Several requests racing to send the same last bytes: one stores them, one signal."""
     service = get_service()
     record = service.create(owner="7", protocol="tus", length=6)
-    outcomes: list[str] = []
-    failures: list[BaseException] = []
-    barrier = threading.Barrier(6)
 
-    def send() -> None:
+    def send() -> str:
         try:
-            barrier.wait()
             result = get_service().append(record.id, "7", offset=0, stream=io.BytesIO(b"abcdef"), content_length=6)
-            outcomes.append("completed" if result.completed else "stored")
         except (errors.OffsetMismatch, errors.AlreadyComplete, errors.Locked):
-            outcomes.append("refused")
-        except BaseException as exc:  # reported below
-            failures.append(exc)
+            return "refused"
+        return "completed" if result.completed else "stored"
 
-    threads = [threading.Thread(target=send) for _ in range(6)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert failures == []
+    outcomes = run_threads(6, send)
     assert outcomes.count("completed") == 1
     assert outcomes.count("refused") == 5
     assert len(completions) == 1

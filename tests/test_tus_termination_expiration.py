@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import re
-import threading
 import time
 from datetime import timedelta
 from typing import Any
@@ -14,6 +13,7 @@ import redis
 from django.core.management import call_command
 from django.test import Client
 
+from tests.together import run_threads
 from tests.tus_helpers import (
     COLLECTION,
     TUS_VERSION,
@@ -215,23 +215,7 @@ def test_concurrent_cleanups_delete_each_upload_once(t: Tus, redis_client: redis
     live = t.new_upload(10)
 
     workers = 6
-    barrier = threading.Barrier(workers)
-    counts: list[int] = []
-    failures: list[BaseException] = []
-
-    def worker() -> None:
-        try:
-            barrier.wait()
-            counts.append(run_cleanup())
-        except BaseException as exc:  # reported in the main thread
-            failures.append(exc)
-
-    threads = [threading.Thread(target=worker) for _ in range(workers)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert failures == []
+    counts = run_threads(workers, run_cleanup)
     assert len(counts) == workers
     assert sum(counts) == len(urls)
     for url in urls:
