@@ -36,7 +36,8 @@ from tusbridge.records.redis import RedisRecordStore
 
 class ReplyDropper:
     """Relays TCP to Redis; when armed, the reply to the next script call (EVALSHA) is dropped
-    and the client's connection closed, after Redis has run the script."""
+    and the client's connection closed, after Redis has run the script. When hanging, it
+    swallows what clients send (counting script calls), like a Redis that stopped answering."""
 
     def __init__(self, target_port: int) -> None:
         self.target_port = target_port
@@ -44,6 +45,8 @@ class ReplyDropper:
         self.port = self.listener.getsockname()[1]
         self.armed = 0
         self.dropped = 0
+        self.hanging = False
+        self.swallowed_scripts = 0
         self._lock = threading.Lock()
         self._stop = False
         threading.Thread(target=self._accept, daemon=True).start()
@@ -81,6 +84,9 @@ class ReplyDropper:
                     data = sock.recv(65536)
                     if not data:
                         return
+                    if sock is client and self.hanging:
+                        self.swallowed_scripts += data.count(b"EVALSHA")
+                        continue
                     if sock is client:
                         drop_reply = drop_reply or (b"EVALSHA" in data and self._take_arm())
                         server.sendall(data)
@@ -182,6 +188,22 @@ def test_a_lost_reply_to_a_settled_read_is_read_again(relayed_store: RedisRecord
     unlocked, read = relayed_store.get_if_unlocked(record.id)
     assert dropper.dropped == 1
     assert unlocked and read is not None and read.offset == 0
+
+
+def test_a_silent_redis_is_asked_once_per_call(dropper: ReplyDropper) -> None:
+    """A timeout is not repeated: the request gives up after one TUSBRIDGE_REDIS_TIMEOUT, not two."""
+    client = redis.Redis(host="127.0.0.1", port=dropper.port, socket_timeout=0.5)
+    try:
+        store = record_store(client)
+        record = make_record(store)
+        assert store.get_if_unlocked(record.id)[0]  # Redis knows the script; a connection is idle
+        dropper.hanging = True
+        with pytest.raises(redis.exceptions.TimeoutError):
+            store.get_if_unlocked(record.id)
+        assert dropper.swallowed_scripts == 1
+    finally:
+        dropper.hanging = False
+        client.close()
 
 
 def test_scripts_that_redis_forgot_are_loaded_again(store_client: redis.Redis) -> None:

@@ -7,7 +7,8 @@ advancing the offset and reading a settled record run once or twice in every
 request, so they skip that path: EVALSHA on an idle connection kept for the
 purpose. Anything out of the ordinary (Redis not knowing the script yet, a
 broken connection) goes back to redis-py's own call, with its script loading
-and retries, so errors look the same either way.
+and retries, so errors look the same either way; a timeout is raised at once,
+so a request gives up after one timeout, as with redis-py's call.
 """
 
 from __future__ import annotations
@@ -88,10 +89,15 @@ class DirectScript:
             # First call since Redis started (or flushed its scripts): the full call loads it.
             connections.give_back(conn)
             return self._script(keys=keys, args=args)
-        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
-            # The scripts are safe to repeat (see redis.py), so redis-py's retries may run them again.
+        except redis.exceptions.ConnectionError:
+            # A connection that went stale while idle, or lost mid-reply: the scripts are safe
+            # to repeat (see redis.py), so redis-py's own call, with its retries, runs it again.
             conn.disconnect()
             return self._script(keys=keys, args=args)
+        except redis.exceptions.TimeoutError:
+            # Redis did not answer within the timeout: asking again would only double the wait.
+            conn.disconnect()
+            raise
         except redis.exceptions.ResponseError:
             connections.give_back(conn)
             raise
