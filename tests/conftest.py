@@ -153,6 +153,15 @@ class RedisServer:
         return f"redis://{self.host}:{self.port}/0"
 
     @property
+    def socket_path(self) -> Path:
+        """Its Unix socket, for clients on the same host."""
+        return self.directory / "redis.sock"
+
+    @property
+    def unix_url(self) -> str:
+        return f"unix://{self.socket_path}?db=0"
+
+    @property
     def log_path(self) -> Path:
         return self.directory / "redis.log"
 
@@ -202,6 +211,10 @@ class RedisServer:
                     "no",
                     "--dir",
                     str(self.directory),
+                    "--unixsocket",
+                    str(self.socket_path),
+                    "--unixsocketperm",
+                    "700",
                     "--logfile",
                     "",
                 ],

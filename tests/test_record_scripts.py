@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 import redis
+from redis.connection import UnixDomainSocketConnection
 
 from tests.together import run_together
 from tests.tus_helpers import (  # noqa: F401
@@ -295,3 +296,17 @@ def test_stores_on_one_client_share_its_direct_connections(
         assert token is not None
         store.get_if_unlocked(new_upload_id())
     assert len(redis_client.client_list()) == before
+
+
+def test_a_store_over_a_unix_socket_takes_the_direct_path(redis_server: Any) -> None:
+    """``unix://`` URLs (Redis on the same host) get direct connections of the same kind."""
+    client = redis.Redis.from_url(redis_server.unix_url)
+    try:
+        store = record_store(client)
+        record, token = locked(store)
+        assert advance(store, record.id, token, 0, 4, release_lock=True).offset == 4
+        unlocked, read = store.get_if_unlocked(record.id)
+        assert unlocked and read is not None and read.offset == 4
+        assert isinstance(store._get_if_unlocked._connections._idle[-1], UnixDomainSocketConnection)
+    finally:
+        client.close()
