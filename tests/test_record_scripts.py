@@ -119,12 +119,21 @@ def relayed_store(dropper: ReplyDropper) -> Iterator[RedisRecordStore]:
     """A store whose scripts Redis already knows, so a dropped reply is never a NOSCRIPT."""
     client = redis.Redis(host="127.0.0.1", port=dropper.port, socket_timeout=5)
     store = record_store(client)
-    primer = make_record(store)
-    token, _ = store.acquire_lock_and_get(primer.id, 30)
-    assert token is not None and advance(store, primer.id, token, 0, 1, release_lock=True).ok
+    primer, token = locked(store)
+    assert advance(store, primer.id, token, 0, 1, release_lock=True).ok
     assert store.get_if_unlocked(primer.id)[0]
     try:
         yield store
+    finally:
+        client.close()
+
+
+@pytest.fixture
+def store_client(redis_server: Any) -> Iterator[redis.Redis]:
+    """A client of its own for the store under test (redis_client watches from outside)."""
+    client = redis_server.client()
+    try:
+        yield client
     finally:
         client.close()
 
@@ -216,15 +225,6 @@ def test_scripts_that_redis_forgot_are_loaded_again(store_client: redis.Redis) -
     store_client.script_flush()
     assert advance(store, record.id, token, 0, 3, release_lock=True).offset == 3
     assert store.get_if_unlocked(record.id)[0] is True
-
-
-@pytest.fixture
-def store_client(redis_server: Any) -> Iterator[redis.Redis]:
-    client = redis_server.client()
-    try:
-        yield client
-    finally:
-        client.close()
 
 
 def test_a_connection_killed_between_calls_is_replaced(store_client: redis.Redis, redis_client: redis.Redis) -> None:
