@@ -126,8 +126,8 @@ def _record(name: str, *args: Any, **kwargs: Any) -> None:
     CALLS.append((name, args, kwargs))
 
 
-class RecordingChunkView(ChunkedUploadView):
-    """Every hook of the chunk view, recorded and passed on."""
+class _RecordingBaseHooks:
+    """The hooks both views have, recorded and passed on."""
 
     def check_permissions(self, request: HttpRequest) -> None:
         _record("check_permissions", request)
@@ -139,6 +139,18 @@ class RecordingChunkView(ChunkedUploadView):
     def get_queryset(self, request: HttpRequest) -> Any:
         _record("get_queryset", request)
         return super().get_queryset(request)
+
+    def is_valid_chunked_upload(self, chunked_upload: Any) -> None:
+        _record("is_valid_chunked_upload", chunked_upload)
+        super().is_valid_chunked_upload(chunked_upload)
+
+    def save(self, chunked_upload: Any, request: HttpRequest, new: bool = False) -> None:
+        _record("save", chunked_upload, request, new=new)
+        super().save(chunked_upload, request, new=new)
+
+
+class RecordingChunkView(_RecordingBaseHooks, ChunkedUploadView):
+    """Every hook of the chunk view, recorded and passed on."""
 
     def get_extra_attrs(self, request: HttpRequest) -> dict[str, Any]:
         _record("get_extra_attrs", request)
@@ -149,20 +161,12 @@ class RecordingChunkView(ChunkedUploadView):
         _record("create_chunked_upload", upload, save=save, **attrs)
         return upload
 
-    def is_valid_chunked_upload(self, chunked_upload: Any) -> None:
-        _record("is_valid_chunked_upload", chunked_upload)
-        super().is_valid_chunked_upload(chunked_upload)
-
     def get_max_bytes(self, request: HttpRequest) -> int | None:
         _record("get_max_bytes", request)
         return super().get_max_bytes(request)
 
     def pre_save(self, chunked_upload: Any, request: HttpRequest, new: bool = False) -> None:
         _record("pre_save", chunked_upload, request, new=new, offset=chunked_upload.offset)
-
-    def save(self, chunked_upload: Any, request: HttpRequest, new: bool = False) -> None:
-        _record("save", chunked_upload, request, new=new)
-        super().save(chunked_upload, request, new=new)
 
     def post_save(self, chunked_upload: Any, request: HttpRequest, new: bool = False) -> None:
         _record("post_save", chunked_upload, request, new=new, upload_id=chunked_upload.upload_id)
@@ -172,23 +176,8 @@ class RecordingChunkView(ChunkedUploadView):
         return super().get_response_data(chunked_upload, request)
 
 
-class RecordingCompleteView(ChunkedUploadCompleteView):
+class RecordingCompleteView(_RecordingBaseHooks, ChunkedUploadCompleteView):
     """Every hook of the completion view, recorded and passed on."""
-
-    def check_permissions(self, request: HttpRequest) -> None:
-        _record("check_permissions", request)
-        super().check_permissions(request)
-
-    def validate(self, request: HttpRequest) -> None:
-        _record("validate", request)
-
-    def get_queryset(self, request: HttpRequest) -> Any:
-        _record("get_queryset", request)
-        return super().get_queryset(request)
-
-    def is_valid_chunked_upload(self, chunked_upload: Any) -> None:
-        _record("is_valid_chunked_upload", chunked_upload)
-        super().is_valid_chunked_upload(chunked_upload)
 
     def md5_check(self, chunked_upload: Any, md5: str) -> None:
         _record("md5_check", chunked_upload, md5)
@@ -196,10 +185,6 @@ class RecordingCompleteView(ChunkedUploadCompleteView):
 
     def pre_save(self, chunked_upload: Any, request: HttpRequest, new: bool = False) -> None:
         _record("pre_save", chunked_upload, request, new=new, status=chunked_upload.status)
-
-    def save(self, chunked_upload: Any, request: HttpRequest, new: bool = False) -> None:
-        _record("save", chunked_upload, request, new=new)
-        super().save(chunked_upload, request, new=new)
 
     def post_save(self, chunked_upload: Any, request: HttpRequest, new: bool = False) -> None:
         _record("post_save", chunked_upload, request, new=new, status=chunked_upload.status)
