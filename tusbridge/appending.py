@@ -6,7 +6,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from .data import Writer
 from .locking import HeldLock
@@ -15,6 +15,8 @@ from .record import UploadRecord
 from .records.base import AdvanceStatus
 
 logger = logging.getLogger("tusbridge")
+
+T = TypeVar("T")
 
 if TYPE_CHECKING:
     from .service import UploadService
@@ -43,29 +45,14 @@ class AppendResult:
     interrupted: bool = False
 
 
-def _read(stream: Readable, size: int) -> bytes:
-    """Read, letting a read timeout show as TimeoutError even where a wrapper renamed it."""
+def _read(read: Callable[[Any], T], arg: Any) -> T:
+    """Call ``read(arg)``; a read timeout that a wrapper raised as another OSError is raised as TimeoutError."""
     try:
-        return stream.read(size)
+        return read(arg)
     except OSError as exc:
-        if _renamed_timeout(exc):
+        if not isinstance(exc, TimeoutError) and isinstance(exc.__cause__ or exc.__context__, TimeoutError):
             raise TimeoutError(str(exc)) from exc
         raise
-
-
-def _read_into(readinto: Callable[[memoryview], int], view: memoryview) -> int:
-    """``readinto``, with read timeouts shown as in ``_read``."""
-    try:
-        return readinto(view)
-    except OSError as exc:
-        if _renamed_timeout(exc):
-            raise TimeoutError(str(exc)) from exc
-        raise
-
-
-def _renamed_timeout(exc: OSError) -> bool:
-    """True for a read timeout that a wrapper raised as another error."""
-    return not isinstance(exc, TimeoutError) and isinstance(exc.__cause__ or exc.__context__, TimeoutError)
 
 
 class AppendSession:
@@ -159,10 +146,10 @@ class AppendSession:
             try:
                 piece: bytes | memoryview
                 if buffer is not None and want > 0:
-                    piece = buffer[: _read_into(readinto, buffer[:want])]
+                    piece = buffer[: _read(readinto, buffer[:want])]
                 else:
                     # A full upload reads one more byte: any means the client sent too much.
-                    piece = _read(stream, want if want > 0 else 1)
+                    piece = _read(stream.read, want if want > 0 else 1)
             except TimeoutError:
                 # No byte for a moment: a chance to hear release requests.
                 now = time.monotonic()
