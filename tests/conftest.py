@@ -608,6 +608,17 @@ def gunicorn_server(
     return gunicorn_factory(gunicorn_extra_env)
 
 
+@pytest.fixture(scope="module")
+def session(request: pytest.FixtureRequest, gunicorn_server: GunicornServer) -> Iterator[requests.Session]:
+    """A login cookie on the module's server, for a user named after the module (created if needed)."""
+    username = request.module.__name__.rpartition(".")[2].removeprefix("test_").replace("_", "-")
+    logged_in = gunicorn_server.login(username)
+    try:
+        yield logged_in
+    finally:
+        logged_in.close()
+
+
 @pytest.fixture
 def user(django_user_model: Any, db: None) -> AbstractBaseUser:
     """A saved, active user."""

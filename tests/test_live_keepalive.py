@@ -14,7 +14,6 @@ import http.client
 import os
 import socket
 import time
-from collections.abc import Iterator
 
 import pytest
 import requests
@@ -23,15 +22,6 @@ from tests.conftest import GunicornServer
 from tests.live_support import OFFSET_CT, cookie_header, create, data_of, path_of, upload_id_of
 
 pytestmark = pytest.mark.live
-
-
-@pytest.fixture(scope="module")
-def session(gunicorn_server: GunicornServer) -> Iterator[requests.Session]:
-    s = gunicorn_server.login("keepalive")
-    try:
-        yield s
-    finally:
-        s.close()
 
 
 def _request(method: str, path: str, cookie: str, headers: dict[str, str], body: bytes = b"") -> bytes:

@@ -14,7 +14,7 @@ import base64
 import os
 import struct
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
@@ -59,16 +59,6 @@ def gunicorn_server(gunicorn_factory: Callable[..., GunicornServer]) -> Gunicorn
 
 
 needs_proc = pytest.mark.skipif(not HAS_PROC_NET, reason="finds the serving worker through /proc")
-
-
-@pytest.fixture(scope="module")
-def session(gunicorn_server: GunicornServer) -> Iterator[requests.Session]:
-    """A login cookie for the module's server (uploads need a logged-in user by default)."""
-    s = gunicorn_server.login("live-tus")
-    try:
-        yield s
-    finally:
-        s.close()
 
 
 def payload(size: int, seed: int = 0) -> bytes:

@@ -61,13 +61,6 @@ def gunicorn_extra_env() -> dict[str, str]:
     }
 
 
-@pytest.fixture(scope="module")
-def session(gunicorn_server: GunicornServer) -> Iterator[requests.Session]:
-    s = gunicorn_server.login("size-limits")
-    yield s
-    s.close()
-
-
 class Watch:
     """The largest data file seen while the block ran: new ones, and those of ``uploads``."""
 

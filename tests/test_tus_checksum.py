@@ -13,7 +13,7 @@ import base64
 import hashlib
 import random
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 import redis
@@ -289,16 +289,6 @@ def test_bad_checksum_on_creation_with_upload_creates_nothing(t: Tus, redis_clie
 
 
 # Live: large bodies through gunicorn ------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def session(gunicorn_server: GunicornServer) -> Iterator[requests.Session]:
-    """A login cookie for the module's live server."""
-    s = gunicorn_server.login("checksum")
-    try:
-        yield s
-    finally:
-        s.close()
 
 
 LARGE = 5 * 1024 * 1024 + 12_345  # several reads of TUSBRIDGE_READ_SIZE (1 MiB)

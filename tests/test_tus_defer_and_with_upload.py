@@ -360,16 +360,6 @@ def test_creation_with_upload_content_type_parameters(t: Tus) -> None:
 # Live: larger and chunked creation bodies -----------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def session(gunicorn_server: GunicornServer) -> Iterator[requests.Session]:
-    """A login cookie for the module's live server."""
-    s = gunicorn_server.login("with-upload")
-    try:
-        yield s
-    finally:
-        s.close()
-
-
 @pytest.mark.parametrize("framing", ["content-length", "chunked"])
 def test_creation_with_a_large_body_live(
     gunicorn_server: GunicornServer, session: requests.Session, framing: str

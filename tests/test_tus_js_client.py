@@ -91,16 +91,6 @@ def node_project() -> Path:
     return INTEROP
 
 
-@pytest.fixture(scope="module")
-def session(gunicorn_server: GunicornServer) -> Iterator[requests.Session]:
-    """A login cookie for the module's live server."""
-    s = gunicorn_server.login("js-client")
-    try:
-        yield s
-    finally:
-        s.close()
-
-
 def run_upload(project: Path, options: dict[str, Any], timeout: float = 180.0) -> dict[str, Any]:
     """Run upload.js with ``options``; return its JSON output (``error`` set when the upload failed)."""
     result = subprocess.run(

@@ -70,16 +70,6 @@ def payload(size: int, seed: int) -> bytes:
 
 
 @pytest.fixture(scope="module")
-def session(gunicorn_server: GunicornServer) -> Iterator[requests.Session]:
-    """A login cookie for the module's server."""
-    s = gunicorn_server.login("handover")
-    try:
-        yield s
-    finally:
-        s.close()
-
-
-@pytest.fixture(scope="module")
 def sync_server(gunicorn_factory: Callable[..., GunicornServer]) -> GunicornServer:
     """Sync workers: a held connection pins its worker, so a second request must go to the other process."""
     return gunicorn_factory(worker_class="sync")
