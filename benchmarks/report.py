@@ -107,8 +107,8 @@ def build(results: dict) -> tuple[str, dict]:
     ]
     if "django-floor" in labels:
         lines.append(
-            "- floor (legacy scenarios): the Django settings and gunicorn set-up of tusbridge's site with a view that only "
-            "lets Django parse the chunk (its own multipart parser) and writes it at its offset: no lock, "
+            "- floor (legacy scenarios): the Django settings and gunicorn set-up of tusbridge's site with a view "
+            "that only lets Django parse the chunk (its own multipart parser) and writes it at its offset: no lock, "
             "record, checksum or checks, so not an upload server, but what any Django app pays per chunk here "
             "(`sites/floor_site`)."
         )

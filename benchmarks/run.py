@@ -443,6 +443,19 @@ def wait_ready(processes: list[subprocess.Popen], port: int, workers: int, log_p
     raise RuntimeError(f"server not ready within {timeout:.0f}s; see {log_path}")
 
 
+def spawn_ready(
+    cmd: list[str], log_path: Path, port: int, workers: int, env: dict[str, str] | None = None, cwd: Path | None = None
+) -> subprocess.Popen:
+    """``spawn`` one server process and wait until it answers (stopped again if it never does)."""
+    process = spawn(cmd, log_path, env, cwd)
+    try:
+        wait_ready([process], port, workers, log_path)
+    except BaseException:
+        stop_process(process)
+        raise
+    return process
+
+
 def gunicorn_cmd(python: str, module: str, port: int, worker_class: str) -> list[str]:
     cmd = [
         python, "-m", "gunicorn", module,
@@ -566,12 +579,8 @@ class Toolbox:
         db = self.database("floor_site", self.python, run_dir)
         port = free_port()
         env = self.site_env("floor_site", db, "redis://127.0.0.1:1/0", uploads)
-        process = spawn(gunicorn_cmd(self.python, "floor_site.wsgi:application", port, "gthread"), log_path, env, SITES)
-        try:
-            wait_ready([process], port, WORKERS, log_path)
-        except BaseException:
-            stop_process(process)
-            raise
+        cmd = gunicorn_cmd(self.python, "floor_site.wsgi:application", port, "gthread")
+        process = spawn_ready(cmd, log_path, port, WORKERS, env, SITES)
         return Running(f"http://127.0.0.1:{port}", [process], run_dir, lambda u: uploads / u["id"])
 
     def start_django_tus(self, run_dir: Path, log_path: Path) -> Running:
@@ -609,14 +618,8 @@ class Toolbox:
         db = self.database("chunked_upload_site", python, run_dir)
         port = free_port()
         env = self.site_env("chunked_upload_site", db, "redis://127.0.0.1:1/0", uploads)
-        process = spawn(
-            gunicorn_cmd(python, "chunked_upload_site.wsgi:application", port, "sync"), log_path, env, SITES
-        )
-        try:
-            wait_ready([process], port, WORKERS, log_path)
-        except BaseException:
-            stop_process(process)
-            raise
+        cmd = gunicorn_cmd(python, "chunked_upload_site.wsgi:application", port, "sync")
+        process = spawn_ready(cmd, log_path, port, WORKERS, env, SITES)
 
         def locate(upload: dict) -> Path | None:
             with sqlite3.connect(db) as conn:
@@ -632,24 +635,15 @@ class Toolbox:
         uploads = run_dir / "uploads"
         uploads.mkdir()
         port = free_port()
-        process = spawn([self.node, str(NODE_DIR / "server.mjs"), str(port), str(uploads)], log_path, cwd=NODE_DIR)
-        try:
-            wait_ready([process], port, 0, log_path)
-        except BaseException:
-            stop_process(process)
-            raise
+        cmd = [self.node, str(NODE_DIR / "server.mjs"), str(port), str(uploads)]
+        process = spawn_ready(cmd, log_path, port, 0, cwd=NODE_DIR)
         return Running(f"http://127.0.0.1:{port}", [process], run_dir, lambda u: uploads / u["id"])
 
     def start_sink(self, run_dir: Path, log_path: Path) -> Running:
         uploads = run_dir / "uploads"
         uploads.mkdir()
         port = free_port()
-        process = spawn([self.python, str(HERE / "sink.py"), str(port), str(uploads)], log_path)
-        try:
-            wait_ready([process], port, 0, log_path)
-        except BaseException:
-            stop_process(process)
-            raise
+        process = spawn_ready([self.python, str(HERE / "sink.py"), str(port), str(uploads)], log_path, port, 0)
         return Running(f"http://127.0.0.1:{port}", [process], run_dir, lambda u: uploads / u["id"])
 
 
