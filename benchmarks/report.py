@@ -101,8 +101,10 @@ def build(results: dict) -> tuple[str, dict]:
         f" on Django/gunicorn {meta['tusbridge_django_gunicorn']}; django-chunked-upload on "
         f"{meta.get('chunked-upload_django_gunicorn', '–')}; "
         f"django-tus on {meta.get('django-tus_django_gunicorn', '–')}",
-        f"- gunicorn servers: {meta['workers']} workers, `--timeout {meta['gunicorn_timeout']}`; gthread with "
-        f"{meta['gthread_threads']} threads per worker and `--reuse-port` (a listening socket per worker). "
+        f"- gunicorn servers: {meta['workers']} workers, `--timeout {meta['gunicorn_timeout']}`; gthread and "
+        f"tusbridge.workers.ThreadWorker (gthread whose threads wait up to 2 ms for a kept-alive connection's next "
+        f"request) with {meta['gthread_threads']} threads per worker and `--reuse-port` (a listening socket per "
+        "worker). "
         "The tus Node server is one Node process.",
     ]
     if "django-floor" in labels:
@@ -209,6 +211,7 @@ def build(results: dict) -> tuple[str, dict]:
 COLORS = {
     "tusbridge-sync": "#1f77b4",
     "tusbridge-gthread": "#6baed6",
+    "tusbridge-threads": "#08519c",
     "tus-node": "#2ca02c",
     "django-tus": "#d62728",
     "chunked-upload": "#ff7f0e",

@@ -47,6 +47,8 @@ GiB = 1 << 30
 # gunicorn's rule of thumb for every gunicorn server here, as the README recommends for tusbridge.
 WORKERS = 2 * (os.cpu_count() or 1) + 1
 GTHREAD_THREADS = 4
+# The worker class the README recommends: gthread whose threads wait briefly for a connection's next request.
+THREAD_WORKER = "tusbridge.workers.ThreadWorker"
 # Sync workers are killed when one request outlives --timeout (their heartbeat
 # stops while they handle it), so a single 1 GiB PATCH needs a long one.
 GUNICORN_TIMEOUT = 300
@@ -468,9 +470,10 @@ def gunicorn_cmd(python: str, module: str, port: int, worker_class: str) -> list
         "--log-level", "warning",
         *gunicorn_extra_args(python),
     ]  # fmt: skip
-    if worker_class == "gthread":
-        # As the README recommends: --reuse-port gives each worker its own listening socket.
-        cmd += ["--worker-class", "gthread", "--threads", str(GTHREAD_THREADS), "--reuse-port"]
+    if worker_class != "sync":
+        # gthread or tusbridge's subclass of it (as the README recommends), with
+        # --reuse-port: each worker has its own listening socket.
+        cmd += ["--worker-class", worker_class, "--threads", str(GTHREAD_THREADS), "--reuse-port"]
     return cmd
 
 
@@ -579,7 +582,7 @@ class Toolbox:
         db = self.database("floor_site", self.python, run_dir)
         port = free_port()
         env = self.site_env("floor_site", db, "redis://127.0.0.1:1/0", uploads)
-        cmd = gunicorn_cmd(self.python, "floor_site.wsgi:application", port, "gthread")
+        cmd = gunicorn_cmd(self.python, "floor_site.wsgi:application", port, THREAD_WORKER)
         process = spawn_ready(cmd, log_path, port, WORKERS, env, SITES)
         return Running(f"http://127.0.0.1:{port}", [process], run_dir, lambda u: uploads / u["id"])
 
@@ -663,6 +666,12 @@ def server_specs(tools: Toolbox | None) -> list[ServerSpec]:
             t.start_tusbridge("gthread") if t else None,
         ),
         ServerSpec(
+            "tusbridge-threads",
+            f"tusbridge, gunicorn {THREAD_WORKER} x{WORKERS}x{GTHREAD_THREADS}",
+            ("tus", "legacy", "heads"),
+            t.start_tusbridge(THREAD_WORKER) if t else None,
+        ),
+        ServerSpec(
             "tus-node",
             "@tus/server 2.4.5 + file-store (Node, 1 process)",
             ("tus", "heads"),
@@ -682,7 +691,7 @@ def server_specs(tools: Toolbox | None) -> list[ServerSpec]:
         ),
         ServerSpec(
             "django-floor",
-            f"floor: Django view that only parses and writes, gunicorn gthread x{WORKERS}x{GTHREAD_THREADS}",
+            f"floor: Django view that only parses and writes, gunicorn {THREAD_WORKER} x{WORKERS}x{GTHREAD_THREADS}",
             ("legacy",),
             t.start_floor if t else None,
         ),

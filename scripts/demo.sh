@@ -23,7 +23,7 @@ gunicorn_cmd=(
     "${root}/.venv/bin/gunicorn" example_site.wsgi:application
     --chdir "${root}/example"
     --workers 2
-    --worker-class gthread
+    --worker-class tusbridge.workers.ThreadWorker
     --threads 4
     --reuse-port
     --timeout 60

@@ -13,7 +13,7 @@ Fixtures:
     pytest-django's ``settings`` pointed at that Redis, with a unique
     ``TUSBRIDGE_KEY_PREFIX`` (``t-<hex>``) and an empty ``TUSBRIDGE_UPLOAD_DIR``.
 ``gunicorn_server`` (module)
-    A :class:`GunicornServer`: real gunicorn, 2 gthread workers, on a free port,
+    A :class:`GunicornServer`: real gunicorn, 2 workers of tusbridge.workers.ThreadWorker, on a free port,
     with its own key prefix, upload directory and migrated sqlite file.
     Override ``gunicorn_extra_env`` in a test module to pass settings, e.g.
     ``{"TUSBRIDGE_TEST_ALLOW_ANONYMOUS": "1", "TUSBRIDGE_TEST_MAX_SIZE": "1024"}``.
@@ -414,13 +414,16 @@ def _gunicorn_version_args() -> list[str]:
     return ["--no-control-socket"] if "control_socket_disable" in names else []
 
 
-def _worker_class_args(worker_class: str | None) -> list[str]:
-    """The configuration the README recommends (gthread, 4 threads, a socket per worker),
-    TUSBRIDGE_TEST_WORKER_CLASS, or a test's choice."""
-    worker_class = worker_class or os.environ.get("TUSBRIDGE_TEST_WORKER_CLASS", "gthread")
+RECOMMENDED_WORKER_CLASS = "tusbridge.workers.ThreadWorker"
+
+
+def _worker_class_args(worker_class: str | None, threads: int = 4) -> list[str]:
+    """The configuration the README recommends (tusbridge's gthread worker, 4 threads, a socket
+    per worker), TUSBRIDGE_TEST_WORKER_CLASS, or a test's choice."""
+    worker_class = worker_class or os.environ.get("TUSBRIDGE_TEST_WORKER_CLASS", RECOMMENDED_WORKER_CLASS)
     args = ["--worker-class", worker_class]
-    if worker_class == "gthread":
-        args += ["--threads", "4", "--reuse-port"]
+    if worker_class == "gthread" or worker_class.endswith("ThreadWorker"):
+        args += ["--threads", str(threads), "--reuse-port"]
     return args
 
 
@@ -431,6 +434,7 @@ def start_gunicorn(
     workers: int = 2,
     timeout: float = 30.0,
     worker_class: str | None = None,
+    threads: int = 4,
 ) -> GunicornServer:
     """Migrate a fresh sqlite file, start gunicorn and wait until all workers run."""
     key_prefix = f"g-{uuid.uuid4().hex}"
@@ -459,7 +463,7 @@ def start_gunicorn(
         "tests.wsgi:application",
         chdir=ROOT,
         workers=workers,
-        worker_args=_worker_class_args(worker_class),
+        worker_args=_worker_class_args(worker_class, threads),
         env=env,
         log_path=log_path,
         probe="/test-whoami/",
@@ -541,7 +545,8 @@ def _wait_until_ready(process: subprocess.Popen[bytes], probe_url: str, workers:
             return f"gunicorn exited with code {process.returncode}"
         if not answered:
             try:
-                response = requests.get(probe_url, timeout=2)
+                # Closed after the answer: no kept-alive connection occupies a thread of the server.
+                response = requests.get(probe_url, timeout=2, headers={"Connection": "close"})
             except requests.RequestException:
                 response = None
             if response is not None:
@@ -579,10 +584,18 @@ def gunicorn_factory(
     servers: list[GunicornServer] = []
 
     def factory(
-        extra_env: Mapping[str, str] | None = None, workers: int = 2, worker_class: str | None = None
+        extra_env: Mapping[str, str] | None = None,
+        workers: int = 2,
+        worker_class: str | None = None,
+        threads: int = 4,
     ) -> GunicornServer:
         server = start_gunicorn(
-            redis_server, tmp_path_factory.mktemp("gunicorn"), extra_env, workers=workers, worker_class=worker_class
+            redis_server,
+            tmp_path_factory.mktemp("gunicorn"),
+            extra_env,
+            workers=workers,
+            worker_class=worker_class,
+            threads=threads,
         )
         servers.append(server)
         return server
@@ -604,7 +617,7 @@ def gunicorn_extra_env() -> dict[str, str]:
 def gunicorn_server(
     gunicorn_factory: Callable[..., GunicornServer], gunicorn_extra_env: dict[str, str]
 ) -> GunicornServer:
-    """One live gunicorn (2 gthread workers, as the README recommends) shared by the tests of a module."""
+    """One live gunicorn (2 workers, the class the README recommends) shared by the tests of a module."""
     return gunicorn_factory(gunicorn_extra_env)
 
 

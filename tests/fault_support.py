@@ -321,7 +321,7 @@ class PinnedWorker:
     """Keep one of a 2-worker server's workers busy, so every request goes to the other one.
 
     Needs sync workers (start the server with TUSBRIDGE_TEST_WORKER_CLASS=sync
-    where the harness defaults to gthread). A connection whose request
+    where the harness defaults to a threaded worker). A connection whose request
     headers never end holds a sync worker; with
     the other worker's pid known, a test can bring that worker's own state
     (its Redis connection pool) to where it wants before the fault.

@@ -105,3 +105,15 @@ def test_every_allkeys_policy_is_a_warning(eviction_policy: redis.Redis, policy:
 def test_noeviction_is_fine(eviction_policy: redis.Redis) -> None:
     eviction_policy.config_set("maxmemory-policy", "noeviction")
     assert "tusbridge.W002" not in ids(check_settings())
+
+
+@pytest.mark.parametrize("value", [-0.001, "0.002", True, None])
+def test_a_keepalive_linger_out_of_range_is_an_error(settings: Any, value: Any) -> None:
+    settings.TUSBRIDGE_KEEPALIVE_LINGER = value
+    assert "tusbridge.E010" in ids(check_settings())
+
+
+@pytest.mark.parametrize("value", [0, 0.002, 60])
+def test_a_non_negative_keepalive_linger_is_fine(settings: Any, value: Any) -> None:
+    settings.TUSBRIDGE_KEEPALIVE_LINGER = value
+    assert "tusbridge.E010" not in ids(check_settings())

@@ -2,7 +2,7 @@
 
 Under gunicorn, tusbridge reads a body of known length from the socket itself
 (``tus.body``), after taking what gunicorn already buffered. These tests send
-several requests down one connection of the gthread worker (which keeps
+several requests down one connection of the threaded worker (which keeps
 connections alive), some written in one piece with the next request right
 behind the body, and check that every request is answered and every byte
 lands where it belongs.

@@ -98,6 +98,11 @@ def _check_numbers() -> list[CheckMessage]:
     read_size = conf.get("READ_SIZE")
     if not isinstance(read_size, int) or not 4096 <= read_size <= 1024 * 1024:
         messages.append(Error("TUSBRIDGE_READ_SIZE must be an integer from 4096 to 1048576.", id="tusbridge.E006"))
+    linger = conf.get("KEEPALIVE_LINGER")
+    if not isinstance(linger, (int, float)) or isinstance(linger, bool) or linger < 0:
+        messages.append(
+            Error("TUSBRIDGE_KEEPALIVE_LINGER must be a non-negative number of seconds.", id="tusbridge.E010")
+        )
     return messages
 
 

@@ -66,6 +66,10 @@ DEFAULTS: dict[str, Any] = {
     "LEGACY_COMPLETE_VIEW": "tusbridge.chunked_upload.views.ChunkedUploadCompleteView",
     # Largest piece read from a request body at once.
     "READ_SIZE": 1024 * 1024,
+    # Seconds a thread of tusbridge.workers.ThreadWorker waits on a kept-alive
+    # connection for its next request before handing it back (0: never waits;
+    # never longer than gunicorn's --keep-alive).
+    "KEEPALIVE_LINGER": 0.002,
 }
 
 
