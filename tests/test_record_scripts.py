@@ -310,3 +310,34 @@ def test_a_store_over_a_unix_socket_takes_the_direct_path(redis_server: Any) -> 
         assert isinstance(store._get_if_unlocked._connections._idle[-1], UnixDomainSocketConnection)
     finally:
         client.close()
+
+
+def test_a_lock_request_sent_ahead_runs_before_its_reply_is_read(
+    store_client: redis.Redis, redis_client: redis.Redis
+) -> None:
+    """``request_lock_and_get`` sends the call at once: Redis takes the lock while the caller works on."""
+    store = record_store(store_client)
+    record = make_record(store)
+    attempt = store.request_lock_and_get(record.id, 30)
+    deadline = time.monotonic() + 5
+    while redis_client.get(lock_key(record.id)) is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    holder = redis_client.get(lock_key(record.id))
+    assert holder is not None
+    token, read = attempt()
+    assert token is not None and token.encode() == holder
+    assert read is not None and read.id == record.id
+    # The connection went back to the idle ones: the next call reuses it.
+    assert len(store._acquire_and_get._connections._idle) == 1
+
+
+def test_a_lock_request_sent_ahead_survives_a_lost_reply(
+    relayed_store: RedisRecordStore, dropper: ReplyDropper, redis_client: redis.Redis
+) -> None:
+    record = make_record(relayed_store)
+    dropper.drop_next_replies()
+    attempt = relayed_store.request_lock_and_get(record.id, 30)
+    token, read = attempt()
+    assert dropper.dropped == 1
+    assert token is not None and read is not None and read.id == record.id
+    assert redis_client.get(lock_key(record.id)) == token.encode()

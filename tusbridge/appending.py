@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
+from . import md5state
 from .data import Writer
 from .locking import HeldLock
 from .md5state import ResumableMD5
@@ -119,11 +120,23 @@ class AppendSession:
                 remaining -= len(piece)
                 yield piece
 
-    def write(self, data: bytes | memoryview) -> None:
+    def write(self, data: bytes | memoryview, *, hashed: bool = False) -> None:
+        """Store bytes at the session's end; ``hashed``: the running MD5 has them already."""
         self.lock.keep_alive()
         self.writer.write(data)
-        if self.md5 is not None:
+        if self.md5 is not None and not hashed:
             self.md5.update(data)
+
+    def adopt_md5(self, md5: ResumableMD5, base: bytes) -> bool:
+        """Continue with ``md5``, begun from ``base`` ahead of the session, if that is this upload's state.
+
+        True when adopted: ``md5`` covers the bytes the caller hashed, which
+        it then writes with ``hashed=True``.
+        """
+        if self.md5 is None or self.written or self.md5.state != base:
+            return False
+        self.md5 = md5
+        return True
 
     def pump(self, stream: Readable, digest: Digest | None) -> tuple[bool, bool]:
         """Copy a stream in bounded pieces; return (overflowed, interrupted).
@@ -244,8 +257,9 @@ class AppendSession:
         record.offset = result.offset
         if self.slide_expiry:
             record.expires_at = now + service.expiry
-        if fields:
-            record.md5_state, record.md5_offset = str(fields["md5_state"]), record.offset
+        if self.md5 is not None:
+            record.md5_state, record.md5_offset = self.md5.state.hex(), record.offset
+            md5state.recent_states.remember(record.id, record.offset, self.md5.state)
         try:
             if self.new_length is not None:
                 record.length = self.new_length

@@ -11,7 +11,7 @@ from . import errors
 from .holders import holder_is_gone
 from .record import UploadRecord
 from .records import RecordStore
-from .records.base import ReleaseListener
+from .records.base import LockAttempt, ReleaseListener
 
 logger = logging.getLogger("tusbridge")
 
@@ -71,6 +71,7 @@ def acquire(
     ttl: float,
     wait: float,
     check: Callable[[UploadRecord | None], object] | None = None,
+    first_attempt: LockAttempt | None = None,
 ) -> tuple[HeldLock, UploadRecord | None]:
     """Take the upload's lock; return it with the record as read under it.
 
@@ -78,9 +79,12 @@ def acquire(
     disturb anyone: when another request holds the lock, it is asked to let
     go (it stops at its next piece, keeps the bytes it stored and unlocks)
     only for a request that passed the check. Gives up with Locked after
-    ``wait`` seconds.
+    ``wait`` seconds. ``first_attempt``, from ``records.request_lock_and_get``,
+    is the first try when it was sent ahead.
     """
-    token, record = records.acquire_lock_and_get(upload_id, ttl)
+    if first_attempt is None:
+        first_attempt = records.request_lock_and_get(upload_id, ttl)
+    token, record = first_attempt()
     if token is None:
         if check is not None:
             check(record)

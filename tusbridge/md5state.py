@@ -16,6 +16,8 @@ import ctypes
 import ctypes.util
 import functools
 import hashlib
+import threading
+from collections import OrderedDict
 
 # MD5_CTX: A, B, C, D, Nl, Nh (32-bit each), data[16] (32-bit each), num.
 _CTX_SIZE = 4 * 6 + 4 * 16 + 4
@@ -87,3 +89,38 @@ def available() -> bool:
         return second.hexdigest() == hashlib.md5(sample).hexdigest()
     except (RuntimeError, ValueError, OSError):
         return False
+
+
+class RecentStates:
+    """The MD5 states this process stored last, by upload and offset.
+
+    A client sends its next chunk to the process that answered the last one
+    more often than not (kept-alive connections). That process can then hash
+    the chunk's first bytes from the state it remembers while the request
+    for the upload's lock and record is on its way, and keep the result when
+    the record shows the same state. A bounded map: forgetting costs only
+    the overlap.
+    """
+
+    def __init__(self, size: int = 1024) -> None:
+        self._size = size
+        self._states: OrderedDict[str, tuple[int, bytes]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def remember(self, upload_id: str, offset: int, state: bytes) -> None:
+        with self._lock:
+            self._states[upload_id] = (offset, state)
+            self._states.move_to_end(upload_id)
+            if len(self._states) > self._size:
+                self._states.popitem(last=False)
+
+    def recall(self, upload_id: str, offset: int) -> bytes | None:
+        """The state stored with the upload at ``offset``, if this process stored it."""
+        with self._lock:
+            entry = self._states.get(upload_id)
+        if entry is None or entry[0] != offset:
+            return None
+        return entry[1]
+
+
+recent_states = RecentStates()

@@ -10,6 +10,7 @@ the data store, and completion happens once.
 from __future__ import annotations
 
 import errno
+import functools
 import hashlib
 import logging
 import time
@@ -28,7 +29,7 @@ from .data.filesystem import FileSystemDataStore
 from .handover import configured_storage, hand_over
 from .record import State, UploadRecord, new_upload_id
 from .records import RecordStore
-from .records.base import AdvanceResult, AdvanceStatus
+from .records.base import AdvanceResult, AdvanceStatus, LockAttempt
 from .records.redis import RedisRecordStore, client_for
 from .signals import upload_completed
 
@@ -114,11 +115,16 @@ class UploadService:
         return self.usable(record, owner)
 
     def take(
-        self, upload_id: str, owner: str, authorize: Callable[[UploadRecord], object] | None = None
+        self,
+        upload_id: str,
+        owner: str,
+        authorize: Callable[[UploadRecord], object] | None = None,
+        first_attempt: LockAttempt | None = None,
     ) -> tuple[locking.HeldLock, UploadRecord]:
         """Lock an upload ``owner`` may use (and ``authorize`` accepts); return the lock and the record.
 
         Requests that would be refused never disturb a request writing the upload.
+        ``first_attempt`` is a lock request already sent (see ``request_append``).
         """
 
         def check(record: UploadRecord | None) -> None:
@@ -126,7 +132,9 @@ class UploadService:
             if authorize is not None:
                 authorize(record)
 
-        lock, record = locking.acquire(self.records, upload_id, ttl=self.lock_ttl, wait=self.lock_wait, check=check)
+        lock, record = locking.acquire(
+            self.records, upload_id, ttl=self.lock_ttl, wait=self.lock_wait, check=check, first_attempt=first_attempt
+        )
         return lock, self.usable(record, owner)
 
     def md5_hexdigest(self, record: UploadRecord) -> str:
@@ -294,6 +302,7 @@ class UploadService:
         auto_complete: bool = True,
         slide_expiry: bool = True,
         authorize: Callable[[UploadRecord], object] | None = None,
+        first_attempt: LockAttempt | None = None,
     ) -> AppendSession:
         """Take the upload for writing at ``offset``.
 
@@ -302,7 +311,7 @@ class UploadService:
         FinalUploadImmutable, AlreadyComplete, OffsetMismatch, InvalidRequest
         (a length that contradicts the upload) and Locked.
         """
-        lock, record = self.take(upload_id, owner, authorize)
+        lock, record = self.take(upload_id, owner, authorize, first_attempt)
         try:
             if record.concat == "final":
                 raise errors.FinalUploadImmutable()
@@ -330,6 +339,17 @@ class UploadService:
             new=False,
             new_length=new_length,
         )
+
+    def request_append(self, upload_id: str, owner: str, **options: Any) -> Callable[[], AppendSession]:
+        """``open_append`` in two steps: the lock request leaves now, the returned function opens the session.
+
+        The round trip to the record store then overlaps whatever the caller
+        does in between (hashing the first bytes of a legacy chunk). Call the
+        function exactly once: until then the upload may be locked for this
+        request.
+        """
+        first_attempt = self.records.request_lock_and_get(upload_id, self.lock_ttl)
+        return functools.partial(self.open_append, upload_id, owner, first_attempt=first_attempt, **options)
 
     def append(
         self,

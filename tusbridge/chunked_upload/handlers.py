@@ -4,10 +4,14 @@ jQuery-File-Upload sends the form fields (``upload_id``...) before the file
 part. By the time the file part starts, the multipart parser has read the
 ``upload_id`` and the request headers carry the Content-Range, so the chunk's
 place in the upload is known: this handler takes the upload's lock and
-writes the part's bytes at the upload's offset as they arrive, with no
-temporary file and no copy. Only an ``AppendSession`` is opened, so if the
-view then rejects the request the bytes are cut off again and nothing
-changed. Whenever that is not possible (fields after the file, no
+writes the part's bytes at the upload's offset, with no temporary file and
+no copy. For an existing upload the lock request is sent when the part
+starts, and the part's first bytes (up to ``TUSBRIDGE_READ_SIZE``) are read
+and hashed while it travels (from the MD5 state this process stored with
+the upload's last chunk, kept only if the record shows the same state);
+they are written once the lock is held. Only an ``AppendSession`` is opened,
+so if the view then rejects the request the bytes are cut off again and
+nothing changed. Whenever that is not possible (fields after the file, no
 Content-Range, someone else's upload, a wrong offset...) the handler steps
 aside and Django's own handlers receive the part as usual; the view then
 reports the problem exactly as it would have.
@@ -15,13 +19,13 @@ reports the problem exactly as it would have.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from django.core.files.uploadhandler import FileUploadHandler, StopFutureHandlers
 from django.http import HttpRequest
 
-from .. import errors
+from .. import errors, md5state
 from ..appending import AppendSession
 from ..bodies import reader_for
 from ..permissions import owner_of
@@ -38,12 +42,13 @@ class DirectChunk:
         self,
         name: str,
         size: int,
-        session: AppendSession,
+        session: AppendSession | None,
         content_type: str | None,
         failure: OSError | None = None,
     ) -> None:
         self.name = name
         self.size = size
+        # None when the data store failed before the upload could be opened.
         self.session = session
         self.content_type = content_type
         # Set when the data store failed while the part streamed in (disk full...).
@@ -51,10 +56,13 @@ class DirectChunk:
 
     def close(self) -> None:
         """Django closes uploaded files when a request ends badly: the unsaved write is dropped."""
-        self.session.abort()
+        if self.session is not None:
+            self.session.abort()
 
     def chunks(self, chunk_size: int | None = None) -> Iterator[bytes]:
         """Read the part back (only needed when the view files it under another upload)."""
+        if self.session is None:
+            return iter(())
         return self.session.read_back(chunk_size or 1024 * 1024)
 
 
@@ -64,6 +72,16 @@ class DirectChunkHandler(FileUploadHandler):
         self.view = view
         self.parser: ChunkBodyParser | None = None
         self.session: AppendSession | None = None
+        # An existing upload's session, asked for when the part began. Until it
+        # opens, the part's bytes are held (and hashed ahead from the MD5 state
+        # this process last stored for the upload, when it has one).
+        self.opening: Callable[[], AppendSession] | None = None
+        self.held: list[bytes] = []
+        self.held_size = 0
+        self.md5_base: bytes | None = None
+        self.md5_ahead: md5state.ResumableMD5 | None = None
+        self.file_args: tuple[Any, ...] = ()
+        self.file_kwargs: dict[str, Any] = {}
         self.expected = 0
         self.received = 0
         self.failure: OSError | None = None
@@ -95,7 +113,7 @@ class DirectChunkHandler(FileUploadHandler):
         self, field_name: str, file_name: str, content_type: str, content_length: int | None, *args: Any, **kwargs: Any
     ) -> None:
         super().new_file(field_name, file_name, content_type, content_length, *args, **kwargs)
-        if field_name != self.view.field_name or self.session is not None:
+        if field_name != self.view.field_name or self.session is not None or self.opening is not None:
             return
         span = self.view.chunk_span(self.request)
         if span is None:
@@ -105,42 +123,106 @@ class DirectChunkHandler(FileUploadHandler):
         if end < start or end >= total or (max_bytes is not None and total > max_bytes):
             return
         upload_id = self._fields().get("upload_id")
+        self.expected = end - start + 1
+        if upload_id:
+            # The lock request travels while the part's bytes arrive and are hashed.
+            self.opening = self.view.service.request_append(
+                upload_id,
+                owner_of(self.request),
+                offset=start,
+                length=total,
+                auto_complete=False,
+                slide_expiry=False,
+            )
+            if md5state.available():
+                self.md5_base = md5state.recent_states.recall(upload_id, start)
+                if self.md5_base is not None:
+                    self.md5_ahead = md5state.ResumableMD5(self.md5_base)
+            self.file_args = (field_name, file_name, content_type, content_length, *args)
+            self.file_kwargs = kwargs
+            raise StopFutureHandlers()
         try:
-            if upload_id:
-                self.session = self.view.service.open_append(
-                    upload_id,
-                    owner_of(self.request),
-                    offset=start,
-                    length=total,
-                    auto_complete=False,
-                    slide_expiry=False,
-                )
-            elif start == 0:
+            if start == 0:
                 record = self.view.service.new_record(owner=owner_of(self.request), protocol="legacy", length=total)
                 self.session = self.view.service.open_new(record, track_md5=True, auto_complete=False)
         except errors.UploadError:
             self.session = None  # the view will find the same problem and report it
         if self.session is not None:
-            self.expected = end - start + 1
             raise StopFutureHandlers()
 
-    def receive_data_chunk(self, raw_data: bytes, start: int) -> bytes | None:
-        if self.session is None:
-            return raw_data
+    def _hold(self, data: bytes) -> None:
+        if self.md5_ahead is not None:
+            self.md5_ahead.update(data[: max(self.expected - self.held_size, 0)])
+        self.held.append(data)
+        self.held_size += len(data)
+
+    def _open(self) -> bytes | None:
+        """Open the session asked for in ``new_file`` and write the bytes held meanwhile.
+
+        When the upload cannot take the chunk, the handlers after this one
+        get the part after all (the held bytes are returned for them) and the
+        view reports the problem.
+        """
+        opening, self.opening = self.opening, None
+        held, self.held = self.held, []
+        assert opening is not None
+        try:
+            self.session = opening()
+        except errors.UploadError:
+            self._step_aside()
+            return b"".join(held)
+        except OSError as exc:
+            # The data file could not be opened (an I/O error): the part is read and
+            # dropped, and the view reports the failure as a failed write.
+            self.failure = exc
+            return None
+        hashed = (
+            self.md5_ahead is not None
+            and self.md5_base is not None
+            and self.session.adopt_md5(self.md5_ahead, self.md5_base)
+        )
+        for data in held:
+            self._write(data, hashed=hashed)
+        return None
+
+    def _step_aside(self) -> None:
+        handlers = self.request.upload_handlers
+        for handler in handlers[handlers.index(self) + 1 :]:
+            try:
+                handler.new_file(*self.file_args, **self.file_kwargs)
+            except StopFutureHandlers:
+                break
+
+    def _write(self, data: bytes, *, hashed: bool = False) -> None:
         # Never write past what Content-Range announced; the size check in
         # the view rejects such a part and the session is aborted.
         room = self.expected - self.received
-        if room > 0 and self.failure is None:
+        if room > 0 and self.failure is None and self.session is not None:
             try:
-                self.session.write(raw_data[:room])
+                self.session.write(data[:room], hashed=hashed)
             except OSError as exc:
                 # Read the rest of the part without writing; the view reports it.
                 self.failure = exc
-        self.received += len(raw_data)
+        self.received += len(data)
+
+    def receive_data_chunk(self, raw_data: bytes, start: int) -> bytes | None:
+        if self.opening is not None:
+            self._hold(raw_data)
+            if self.held_size < min(self.expected, self.view.service.read_size):
+                return None
+            return self._open()
+        if self.session is None and self.failure is None:
+            return raw_data
+        self._write(raw_data)
         return None
 
     def file_complete(self, file_size: int) -> DirectChunk | None:
-        if self.session is None:
+        if self.opening is not None:
+            # A part shorter than its Content-Range. Should the upload refuse it,
+            # the handlers after this one get the part too late for its bytes,
+            # but the view reports the upload's refusal before any size.
+            self._open()
+        if self.session is None and self.failure is None:
             return None
         self.completed = True
         return DirectChunk(self.file_name or "", file_size, self.session, self.content_type, self.failure)
@@ -152,5 +234,13 @@ class DirectChunkHandler(FileUploadHandler):
             self.abort()
 
     def abort(self) -> None:
+        if self.opening is not None:
+            # Asked for but never opened (the body broke off first): let the lock go.
+            opening, self.opening = self.opening, None
+            self.held = []
+            try:
+                self.session = opening()
+            except errors.UploadError:
+                return
         if self.session is not None:
             self.session.abort()

@@ -8,11 +8,15 @@ guarantees and nothing else, so another backend only has to provide them.
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterable
+import functools
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 
 from ..record import State, UploadRecord
+
+# A lock request on its way: called once, it gives (token or None when the lock is taken, record).
+LockAttempt = Callable[[], tuple[str | None, UploadRecord | None]]
 
 
 class AdvanceStatus(StrEnum):
@@ -113,6 +117,14 @@ class RecordStore(abc.ABC):
     def acquire_lock_and_get(self, upload_id: str, ttl: float) -> tuple[str | None, UploadRecord | None]:
         """``acquire_lock`` and ``get`` together (a backend may do both in one round trip)."""
         return self.acquire_lock(upload_id, ttl), self.get(upload_id)
+
+    def request_lock_and_get(self, upload_id: str, ttl: float) -> LockAttempt:
+        """``acquire_lock_and_get`` in two steps; the returned function gives its result (call it once).
+
+        A backend that can sends the request here, so the caller works while
+        it travels; by default all of it happens in the returned function.
+        """
+        return functools.partial(self.acquire_lock_and_get, upload_id, ttl)
 
     def get_if_unlocked(self, upload_id: str) -> tuple[bool, UploadRecord | None]:
         """The record, and whether no lock was held when it was read."""

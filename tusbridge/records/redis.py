@@ -16,7 +16,7 @@ import redis
 
 from ..holders import new_token
 from ..record import State, UploadRecord, encode_field
-from .base import AdvanceResult, AdvanceStatus, RecordStore, ReleaseListener
+from .base import AdvanceResult, AdvanceStatus, LockAttempt, RecordStore, ReleaseListener
 from .scripts import DirectScript
 
 # KEYS: record, lock. ARGV: token, expected, new, now, expires_at|"", auto_complete 1|0,
@@ -284,11 +284,19 @@ class RedisRecordStore(RecordStore):
         return token if taken else None
 
     def acquire_lock_and_get(self, upload_id: str, ttl: float) -> tuple[str | None, UploadRecord | None]:
+        return self.request_lock_and_get(upload_id, ttl)()
+
+    def request_lock_and_get(self, upload_id: str, ttl: float) -> LockAttempt:
         token = new_token()
-        taken, raw = self._acquire_and_get(
+        reply = self._acquire_and_get.send(
             keys=[self.lock_key(upload_id), self.record_key(upload_id)], args=[token, max(1, int(ttl * 1000))]
         )
-        return (token if taken else None), _record(raw)
+
+        def result() -> tuple[str | None, UploadRecord | None]:
+            taken, raw = reply()
+            return (token if taken else None), _record(raw)
+
+        return result
 
     def get_if_unlocked(self, upload_id: str) -> tuple[bool, UploadRecord | None]:
         unlocked, raw = self._get_if_unlocked(keys=[self.lock_key(upload_id), self.record_key(upload_id)])

@@ -13,10 +13,11 @@ so a request gives up after one timeout, as with redis-py's call.
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import redis
@@ -80,18 +81,36 @@ class DirectScript:
         self._connections = connections_for(client)
 
     def __call__(self, keys: Sequence[Any] = (), args: Sequence[Any] = ()) -> Any:
-        connections = self._connections
-        conn = connections.take()
+        return self.send(keys, args)()
+
+    def send(self, keys: Sequence[Any] = (), args: Sequence[Any] = ()) -> Callable[[], Any]:
+        """Send the call now; the returned function waits for the reply (call it once).
+
+        Between the two the caller can work while the call travels and runs.
+        """
+        conn = self._connections.take()
         try:
             conn.send_command("EVALSHA", self._script.sha, len(keys), *keys, *args)
+        except redis.exceptions.ConnectionError:
+            # A connection that went stale while idle: redis-py's own call, with its retries.
+            conn.disconnect()
+            return functools.partial(self._script, keys=keys, args=args)
+        except BaseException:
+            conn.disconnect()
+            raise
+        return functools.partial(self._reply, conn, keys, args)
+
+    def _reply(self, conn: AbstractConnection, keys: Sequence[Any], args: Sequence[Any]) -> Any:
+        connections = self._connections
+        try:
             reply = conn.read_response()
         except redis.exceptions.NoScriptError:
             # First call since Redis started (or flushed its scripts): the full call loads it.
             connections.give_back(conn)
             return self._script(keys=keys, args=args)
         except redis.exceptions.ConnectionError:
-            # A connection that went stale while idle, or lost mid-reply: the scripts are safe
-            # to repeat (see redis.py), so redis-py's own call, with its retries, runs it again.
+            # Lost mid-reply: the scripts are safe to repeat (see redis.py), so redis-py's
+            # own call, with its retries, runs it again.
             conn.disconnect()
             return self._script(keys=keys, args=args)
         except redis.exceptions.TimeoutError:
