@@ -167,24 +167,46 @@ def test_a_chunk_the_upload_refuses_is_reported_and_leaves_no_lock(
         assert complete(client_logged_in, upload_id, md5(data)).status_code == 200
 
 
-def test_the_lock_is_let_go_when_the_body_breaks_off(client_logged_in: Client, redis_client: redis.Redis) -> None:
-    """A body that ends inside the file part: the lock asked for ahead is released, nothing is written."""
-    data = payload(2 * CHUNK, seed=4)
-    upload_id = _begin(client_logged_in, data)
+def _post_broken_second_chunk(client: Client, upload_id: str, data: bytes) -> Any:
+    """The second chunk, with a body that ends 1000 bytes into its file part (no closing delimiter)."""
     boundary = "----cutOffBoundary"
     body = (
         f'--{boundary}\r\nContent-Disposition: form-data; name="upload_id"\r\n\r\n{upload_id}\r\n'
         f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="d.bin"\r\n'
         "Content-Type: application/octet-stream\r\n\r\n"
     ).encode() + data[CHUNK : CHUNK + 1000]
-    response = client_logged_in.post(
+    return client.post(
         API_CHUNK,
         body,
         content_type=f"multipart/form-data; boundary={boundary}",
         HTTP_CONTENT_RANGE=f"bytes {CHUNK}-{2 * CHUNK - 1}/{2 * CHUNK}",
     )
-    assert response.status_code == 400
+
+
+def test_the_lock_is_let_go_when_the_body_breaks_off(client_logged_in: Client, redis_client: redis.Redis) -> None:
+    """A body that ends inside the file part: the lock asked for ahead is released, nothing is written."""
+    data = payload(2 * CHUNK, seed=4)
+    upload_id = _begin(client_logged_in, data)
+    assert _post_broken_second_chunk(client_logged_in, upload_id, data).status_code == 400
     assert redis_client.get(lock_key(upload_id)) is None
     assert data_of(upload_id) == data[:CHUNK]
     upload_chunks(client_logged_in, data, CHUNK, upload_id=upload_id, start=CHUNK)
     assert complete(client_logged_in, upload_id, md5(data)).status_code == 200
+
+
+def test_a_body_that_breaks_off_leaves_another_writers_lock_alone(
+    client_logged_in: Client, redis_client: redis.Redis
+) -> None:
+    """While another request holds the upload, a chunk whose body breaks off neither waits for it nor asks it to
+    let go: its lock request is only read, and it held nothing."""
+    data = payload(2 * CHUNK, seed=5)
+    upload_id = _begin(client_logged_in, data)
+    redis_client.set(lock_key(upload_id), "another-writer", px=60_000)
+    listener = redis_client.pubsub()
+    listener.subscribe(lock_key(upload_id).replace(":lock:", ":release:"))
+    assert listener.get_message(timeout=1)["type"] == "subscribe"
+    assert _post_broken_second_chunk(client_logged_in, upload_id, data).status_code == 400
+    assert listener.get_message(timeout=0.5) is None  # no release request
+    listener.close()
+    assert redis_client.get(lock_key(upload_id)) == b"another-writer"
+    assert data_of(upload_id) == data[:CHUNK]

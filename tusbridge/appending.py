@@ -13,7 +13,7 @@ from .data import Writer
 from .locking import HeldLock
 from .md5state import ResumableMD5
 from .record import UploadRecord
-from .records.base import AdvanceStatus
+from .records.base import AdvanceStatus, LockAttempt
 
 logger = logging.getLogger("tusbridge")
 
@@ -296,3 +296,26 @@ class AppendSession:
                 self.writer.close()
             finally:
                 self.lock.release()
+
+
+class PendingAppend:
+    """An ``open_append`` whose lock request was sent ahead (``UploadService.request_append``)."""
+
+    def __init__(
+        self, service: UploadService, upload_id: str, owner: str, attempt: LockAttempt, options: dict[str, Any]
+    ) -> None:
+        self.service = service
+        self.upload_id = upload_id
+        self.owner = owner
+        self.attempt = attempt
+        self.options = options
+
+    def open(self) -> AppendSession:
+        """The session, as ``open_append`` gives it (waiting for the lock if another request has it)."""
+        return self.service.open_append(self.upload_id, self.owner, first_attempt=self.attempt, **self.options)
+
+    def cancel(self) -> None:
+        """Not wanted after all: let go of the lock if the request took it, without waiting for it."""
+        token, _ = self.attempt()
+        if token is not None:
+            self.service.records.release_lock(self.upload_id, token)

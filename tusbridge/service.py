@@ -10,7 +10,6 @@ the data store, and completion happens once.
 from __future__ import annotations
 
 import errno
-import functools
 import hashlib
 import logging
 import time
@@ -23,7 +22,7 @@ from django.core.files.storage import Storage
 from django.core.signals import setting_changed
 
 from . import conf, errors, locking, md5state
-from .appending import AppendResult, AppendSession, Digest, Readable
+from .appending import AppendResult, AppendSession, Digest, PendingAppend, Readable
 from .data import Concatenator, DataStore, InfoKeeper, Terminator
 from .data.filesystem import FileSystemDataStore
 from .handover import configured_storage, hand_over
@@ -340,16 +339,15 @@ class UploadService:
             new_length=new_length,
         )
 
-    def request_append(self, upload_id: str, owner: str, **options: Any) -> Callable[[], AppendSession]:
-        """``open_append`` in two steps: the lock request leaves now, the returned function opens the session.
+    def request_append(self, upload_id: str, owner: str, **options: Any) -> PendingAppend:
+        """``open_append`` in two steps: the lock request leaves now, ``open()`` on the result opens the session.
 
         The round trip to the record store then overlaps whatever the caller
-        does in between (hashing the first bytes of a legacy chunk). Call the
-        function exactly once: until then the upload may be locked for this
-        request.
+        does in between (hashing the first bytes of a legacy chunk). Until
+        ``open()`` or ``cancel()`` the upload may be locked for this request.
         """
-        first_attempt = self.records.request_lock_and_get(upload_id, self.lock_ttl)
-        return functools.partial(self.open_append, upload_id, owner, first_attempt=first_attempt, **options)
+        attempt = self.records.request_lock_and_get(upload_id, self.lock_ttl)
+        return PendingAppend(self, upload_id, owner, attempt, options)
 
     def append(
         self,

@@ -19,14 +19,14 @@ reports the problem exactly as it would have.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from django.core.files.uploadhandler import FileUploadHandler, StopFutureHandlers
 from django.http import HttpRequest
 
 from .. import errors, md5state
-from ..appending import AppendSession
+from ..appending import AppendSession, PendingAppend
 from ..bodies import reader_for
 from ..permissions import owner_of
 from .multipart import ChunkBodyParser
@@ -75,7 +75,7 @@ class DirectChunkHandler(FileUploadHandler):
         # An existing upload's session, asked for when the part began. Until it
         # opens, the part's bytes are held (and hashed ahead from the MD5 state
         # this process last stored for the upload, when it has one).
-        self.opening: Callable[[], AppendSession] | None = None
+        self.opening: PendingAppend | None = None
         self.held: list[bytes] = []
         self.held_size = 0
         self.md5_base: bytes | None = None
@@ -167,7 +167,7 @@ class DirectChunkHandler(FileUploadHandler):
         held, self.held = self.held, []
         assert opening is not None
         try:
-            self.session = opening()
+            self.session = opening.open()
         except errors.UploadError:
             self._step_aside()
             return b"".join(held)
@@ -238,9 +238,6 @@ class DirectChunkHandler(FileUploadHandler):
             # Asked for but never opened (the body broke off first): let the lock go.
             opening, self.opening = self.opening, None
             self.held = []
-            try:
-                self.session = opening()
-            except errors.UploadError:
-                return
+            opening.cancel()
         if self.session is not None:
             self.session.abort()
