@@ -186,6 +186,7 @@ class DirectChunkHandler(FileUploadHandler):
         return None
 
     def _step_aside(self) -> None:
+        """Let the handlers after this one take the part after all, as if this one had never claimed it."""
         handlers = self.request.upload_handlers
         for handler in handlers[handlers.index(self) + 1 :]:
             try:
