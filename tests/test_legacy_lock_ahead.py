@@ -12,6 +12,7 @@ why, as before.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -33,7 +34,10 @@ from tests.tus_helpers import lock_key, redis_client_fixture  # noqa: F401
 from tusbridge import md5state
 from tusbridge.appending import AppendSession
 from tusbridge.data.filesystem import FileSystemDataStore
+from tusbridge.errors import LockLost
+from tusbridge.records.base import LockAttempt
 from tusbridge.records.redis import RedisRecordStore
+from tusbridge.service import get_service
 
 pytestmark = [
     pytest.mark.django_db,
@@ -54,11 +58,13 @@ def events(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
         log.append("request")
         attempt = request(self, upload_id, ttl)
 
-        def logged_attempt() -> Any:
+        def logged_result() -> Any:
             log.append("reply")
             return attempt()
 
-        return logged_attempt
+        logged = LockAttempt(logged_result)
+        logged.sent_at = attempt.sent_at
+        return logged
 
     update = md5state.ResumableMD5.update
     adopt = AppendSession.adopt_md5
@@ -132,9 +138,11 @@ def test_a_chunk_larger_than_a_read_is_held_up_to_one_read_only(client_logged_in
     events.clear()
     response = post_chunk(client_logged_in, data[CHUNK:], start=CHUNK, total=len(data), upload_id=upload_id)
     assert response.status_code == 200, response.content
-    # Two pieces (just under 1 MiB, then 1 MiB) held and hashed ahead, the last one written
-    # (then hashed) as it came.
-    assert events == ["request", "md5", "md5", "reply", "adopted=True", "write", "write", "write", "md5"]
+    # The first read (64 KiB) and the next piece (1 MiB) are held and hashed ahead; the later
+    # pieces are written (then hashed) as they come.
+    assert events == [
+        "request", "md5", "md5", "reply", "adopted=True", "write", "write", "write", "md5", "write", "md5"
+    ]  # fmt: skip
     assert data_of(upload_id) == data
     assert complete(client_logged_in, upload_id, md5(data)).status_code == 200
 
@@ -210,3 +218,30 @@ def test_a_body_that_breaks_off_leaves_another_writers_lock_alone(
     listener.close()
     assert redis_client.get(lock_key(upload_id)) == b"another-writer"
     assert data_of(upload_id) == data[:CHUNK]
+
+
+def test_a_lock_that_ran_out_while_the_chunk_was_held_is_never_written_under(
+    client_logged_in: Client, redis_client: redis.Redis, settings: Any
+) -> None:
+    """The lock's TTL runs from when its request was sent, not from when the reply was read.
+
+    A chunk held for longer than a third of the TTL checks the lock before its
+    first write: here another request took the upload meanwhile, so the write
+    fails with LockLost and the file keeps its bytes.
+    """
+    settings.TUSBRIDGE_LOCK_TTL = 0.6
+    data = payload(2 * CHUNK, seed=6)
+    upload_id = _begin(client_logged_in, data)
+    service = get_service()
+    owner = service.records.get(upload_id).owner
+    pending = service.request_append(
+        upload_id, owner, offset=CHUNK, length=len(data), auto_complete=False, slide_expiry=False
+    )
+    time.sleep(0.3)  # the part trickles in
+    redis_client.set(lock_key(upload_id), "another-writer", px=60_000)  # the TTL ran out; someone took it
+    session = pending.open()
+    with pytest.raises(LockLost):
+        session.write(data[CHUNK:])
+    session.abort()
+    assert data_of(upload_id) == data[:CHUNK]
+    assert redis_client.get(lock_key(upload_id)) == b"another-writer"

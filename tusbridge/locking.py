@@ -24,12 +24,15 @@ class HeldLock:
     # waiting request repeats its request, so it is heard once we listen.
     LISTEN_AFTER = 0.2
 
-    def __init__(self, records: RecordStore, upload_id: str, token: str, ttl: float) -> None:
+    def __init__(
+        self, records: RecordStore, upload_id: str, token: str, ttl: float, requested_at: float | None = None
+    ) -> None:
+        """``requested_at``: when the request that took the lock was sent (its TTL runs from there)."""
         self.records = records
         self.upload_id = upload_id
         self.token = token
         self.ttl = ttl
-        self._acquired = self._renewed = time.monotonic()
+        self._acquired = self._renewed = time.monotonic() if requested_at is None else requested_at
         self._listener: ReleaseListener | None = None
 
     def keep_alive(self) -> None:
@@ -82,9 +85,8 @@ def acquire(
     ``wait`` seconds. ``first_attempt``, from ``records.request_lock_and_get``,
     is the first try when it was sent ahead.
     """
-    if first_attempt is None:
-        first_attempt = records.request_lock_and_get(upload_id, ttl)
-    token, record = first_attempt()
+    attempt = first_attempt or records.request_lock_and_get(upload_id, ttl)
+    token, record = attempt()
     if token is None:
         if check is not None:
             check(record)
@@ -92,8 +94,9 @@ def acquire(
         next_request = 0.0
         while token is None:
             next_request = _ask_holder(records, upload_id, wait, deadline, next_request)
-            token, record = records.acquire_lock_and_get(upload_id, ttl)
-    lock = HeldLock(records, upload_id, token, ttl)
+            attempt = records.request_lock_and_get(upload_id, ttl)
+            token, record = attempt()
+    lock = HeldLock(records, upload_id, token, ttl, requested_at=attempt.sent_at)
     if check is not None:
         try:
             check(record)

@@ -32,6 +32,8 @@ from django.http.multipartparser import MultiPartParser
 from django.utils.datastructures import MultiValueDict
 from django.utils.encoding import force_str
 
+# All the fields and the file part's headers must arrive within this many bytes.
+_PREFIX_LIMIT = 64 * 1024
 _MAX_FIELDS = 32
 _PIECE = 1024 * 1024
 
@@ -114,10 +116,7 @@ class ChunkBodyParser(MultiPartParser):
             )
             if result is not None:
                 return result[0], result[1]
-        # The fields and the file part's headers must be in the first read. It
-        # takes up to a whole piece, so a small chunk's bytes reach the handlers
-        # in one piece (the legacy handler hashes them while its lock request travels).
-        prefix = self._read(_PIECE)
+        prefix = self._read(_PREFIX_LIMIT)
         start = self._fields_and_file(prefix)
         if start is None:
             # Not the simple shape: Django parses it all, from the first byte.

@@ -9,14 +9,27 @@ from __future__ import annotations
 
 import abc
 import functools
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 
 from ..record import State, UploadRecord
 
-# A lock request on its way: called once, it gives (token or None when the lock is taken, record).
-LockAttempt = Callable[[], tuple[str | None, UploadRecord | None]]
+
+class LockAttempt:
+    """A request for an upload's lock on its way; calling it (once) gives (token, or None when taken; record).
+
+    ``sent_at`` (``time.monotonic()``) is no later than the moment the lock's
+    TTL started, which is where a holder must count its renewals from.
+    """
+
+    def __init__(self, result: Callable[[], tuple[str | None, UploadRecord | None]]) -> None:
+        self.sent_at = time.monotonic()
+        self._result = result
+
+    def __call__(self) -> tuple[str | None, UploadRecord | None]:
+        return self._result()
 
 
 class AdvanceStatus(StrEnum):
@@ -124,7 +137,7 @@ class RecordStore(abc.ABC):
         A backend that can sends the request here, so the caller works while
         it travels; by default all of it happens in the returned function.
         """
-        return functools.partial(self.acquire_lock_and_get, upload_id, ttl)
+        return LockAttempt(functools.partial(self.acquire_lock_and_get, upload_id, ttl))
 
     def get_if_unlocked(self, upload_id: str) -> tuple[bool, UploadRecord | None]:
         """The record, and whether no lock was held when it was read."""

@@ -288,15 +288,16 @@ class RedisRecordStore(RecordStore):
 
     def request_lock_and_get(self, upload_id: str, ttl: float) -> LockAttempt:
         token = new_token()
-        reply = self._acquire_and_get.send(
-            keys=[self.lock_key(upload_id), self.record_key(upload_id)], args=[token, max(1, int(ttl * 1000))]
-        )
 
         def result() -> tuple[str | None, UploadRecord | None]:
             taken, raw = reply()
             return (token if taken else None), _record(raw)
 
-        return result
+        attempt = LockAttempt(result)
+        reply = self._acquire_and_get.send(
+            keys=[self.lock_key(upload_id), self.record_key(upload_id)], args=[token, max(1, int(ttl * 1000))]
+        )
+        return attempt
 
     def get_if_unlocked(self, upload_id: str) -> tuple[bool, UploadRecord | None]:
         unlocked, raw = self._get_if_unlocked(keys=[self.lock_key(upload_id), self.record_key(upload_id)])
