@@ -284,18 +284,30 @@ def test_a_forked_child_opens_connections_of_its_own(store_client: redis.Redis) 
     assert _connection_id(store) == parent_id
 
 
-def test_stores_on_one_client_share_its_direct_connections(
-    store_client: redis.Redis, redis_client: redis.Redis
-) -> None:
-    """A store per settings change (or per test) must not leave connections of its own behind."""
-    record_store(store_client).get_if_unlocked(new_upload_id())
-    before = len(redis_client.client_list())
-    for _ in range(20):
-        store = record_store(store_client)
-        token, _ = store.acquire_lock_and_get(new_upload_id(), 30)
-        assert token is not None
-        store.get_if_unlocked(new_upload_id())
-    assert len(redis_client.client_list()) == before
+def test_stores_on_one_client_share_its_direct_connections(redis_server: Any, redis_client: redis.Redis) -> None:
+    """A store per settings change (or per test) must not leave connections of its own behind.
+
+    The client names its connections, so that only they are counted (other
+    tests' connections may come and go meanwhile).
+    """
+    name = f"shared-{new_upload_id()}"
+    client = redis_server.client(client_name=name)
+
+    def connections() -> int:
+        return sum(1 for entry in redis_client.client_list() if entry.get("name") == name)
+
+    try:
+        record_store(client).get_if_unlocked(new_upload_id())
+        before = connections()
+        assert before >= 1
+        for _ in range(20):
+            store = record_store(client)
+            token, _ = store.acquire_lock_and_get(new_upload_id(), 30)
+            assert token is not None
+            store.get_if_unlocked(new_upload_id())
+        assert connections() == before
+    finally:
+        client.close()
 
 
 def test_a_store_over_a_unix_socket_takes_the_direct_path(redis_server: Any) -> None:
