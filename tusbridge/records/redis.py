@@ -293,7 +293,7 @@ class RedisRecordStore(RecordStore):
             taken, raw = reply()
             return (token if taken else None), _record(raw)
 
-        attempt = LockAttempt(result)
+        attempt = LockAttempt(result)  # before sending: its sent_at may not be later than the call
         reply = self._acquire_and_get.send(
             keys=[self.lock_key(upload_id), self.record_key(upload_id)], args=[token, max(1, int(ttl * 1000))]
         )
