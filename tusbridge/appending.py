@@ -224,9 +224,10 @@ class AppendSession:
         # is handed over, so that a DELETE cannot take the data from under it.
         completes = self.auto_complete and length is not None and new_offset == length
         now = time.time()
+        md5_state = self.md5.state if self.md5 is not None else None
         fields: dict[str, object] | None = None
-        if self.md5 is not None:
-            fields = {"md5_state": self.md5.state.hex(), "md5_offset": new_offset}
+        if md5_state is not None:
+            fields = {"md5_state": md5_state.hex(), "md5_offset": new_offset}
         try:
             result = service.records.advance(
                 record.id,
@@ -257,9 +258,9 @@ class AppendSession:
         record.offset = result.offset
         if self.slide_expiry:
             record.expires_at = now + service.expiry
-        if self.md5 is not None:
-            record.md5_state, record.md5_offset = self.md5.state.hex(), record.offset
-            md5state.recent_states.remember(record.id, record.offset, self.md5.state)
+        if fields and md5_state is not None:
+            record.md5_state, record.md5_offset = str(fields["md5_state"]), record.offset
+            md5state.recent_states.remember(record.id, record.offset, md5_state)
         try:
             if self.new_length is not None:
                 record.length = self.new_length
