@@ -130,6 +130,16 @@ class Answer:
     seconds: float
 
 
+def held_locks(server: GunicornServer, up: Uploads) -> list[str]:
+    """The uploads of ``up`` that are locked now."""
+    ids = [upload_id_of(up.tus_url), upload_id_of(up.deferred_url), up.legacy_id, upload_id_of(up.done_url)]
+    client = server.redis_client()
+    try:
+        return [i for i in ids if client.exists(f"{server.key_prefix}:lock:{{{i}}}")]
+    finally:
+        client.close()
+
+
 def outage_requests(server: GunicornServer, user: User, up: Uploads) -> list[Answer]:
     """Every kind of request of both protocols, each with a client timeout (a hang fails the test)."""
     tus = user.tus()
@@ -287,6 +297,10 @@ def test_redis_hanging_answers_503_within_the_timeout_then_uploads_continue(
 
     assert_all_503(answers)
     assert_untouched(before, after)
+
+    # On waking, Redis ran the lock requests it had been sent; their senders had
+    # given up, so none of them took a lock that would now keep the upload busy.
+    assert held_locks(server, up) == []
 
     # Redis kept its data: every upload goes on from where it was, to the exact bytes.
     offset = settled_offset(up.tus_url, user)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import selectors
+import signal
 import socket
 import threading
 import time
@@ -353,3 +354,65 @@ def test_a_lock_request_sent_ahead_survives_a_lost_reply(
     assert dropper.dropped == 1
     assert token is not None and read is not None and read.id == record.id
     assert redis_client.get(lock_key(record.id)) == token.encode()
+
+
+@pytest.fixture
+def quick_store(redis_server: Any) -> Iterator[RedisRecordStore]:
+    """A store whose calls give up after 0.3 s without an answer."""
+    client = redis_server.client(socket_timeout=0.3)
+    try:
+        yield record_store(client)
+    finally:
+        client.close()
+
+
+def lock_request_during_a_freeze(redis_server: Any, store: RedisRecordStore, upload_id: str) -> None:
+    """Ask for the lock while Redis is stopped (SIGSTOP); Redis runs the call when it wakes, after the timeout."""
+    pid = redis_server.process.pid
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        with pytest.raises(redis.exceptions.TimeoutError):
+            store.acquire_lock_and_get(upload_id, 30)
+        time.sleep(0.2)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    deadline = time.monotonic() + 10
+    while not redis_server.ping():
+        assert time.monotonic() < deadline, "Redis did not answer again"
+
+
+def test_a_lock_request_redis_runs_after_its_sender_gave_up_takes_nothing(
+    redis_server: Any, quick_store: RedisRecordStore, redis_client: redis.Redis
+) -> None:
+    """A frozen Redis runs the call on waking; a lock taken then would block the upload for a whole TTL."""
+    record = make_record(quick_store)
+    assert quick_store.acquire_lock(record.id, 30) is not None  # Redis knows the script, the store its clock
+    redis_client.delete(lock_key(record.id))
+    lock_request_during_a_freeze(redis_server, quick_store, record.id)
+    assert redis_client.get(lock_key(record.id)) is None
+    assert quick_store.acquire_lock(record.id, 30) is not None
+
+
+def test_a_store_learns_redis_clock_before_its_first_lock_request(
+    redis_server: Any, quick_store: RedisRecordStore, redis_client: redis.Redis
+) -> None:
+    """A worker's first lock request may meet a frozen Redis too: it is not sent without a limit."""
+    record = make_record(quick_store)
+    assert quick_store.get_if_unlocked(record.id)[0]  # a direct connection is open, no lock request made yet
+    lock_request_during_a_freeze(redis_server, quick_store, record.id)
+    assert redis_client.get(lock_key(record.id)) is None
+
+
+def test_a_lock_request_found_late_by_a_wrong_clock_is_asked_again(
+    quick_store: RedisRecordStore, redis_client: redis.Redis
+) -> None:
+    """A view of Redis's clock that is behind (Redis's clock set forward) costs one more call, not the lock."""
+    record = make_record(quick_store)
+    assert quick_store.acquire_lock(make_record(quick_store).id, 30) is not None
+    assert quick_store._redis_ahead_ms is not None
+    learnt = quick_store._redis_ahead_ms
+    quick_store._redis_ahead_ms = learnt - 60_000
+    token, read = quick_store.acquire_lock_and_get(record.id, 30)
+    assert token is not None and redis_client.get(lock_key(record.id)) == token.encode()
+    assert read is not None and read.id == record.id
+    assert abs(quick_store._redis_ahead_ms - learnt) < 1000

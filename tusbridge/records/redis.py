@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import secrets
 import threading
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import redis
 
@@ -80,17 +82,26 @@ redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 return 'ok'
 """
 
-# KEYS: lock, record. ARGV: token, ttl in ms. Returns {taken 1|0, record fields...}.
-# Safe to run twice: a lock that already holds this token was taken by the first run.
+# KEYS: lock, record. ARGV: token, ttl in ms, the latest time (Redis's clock, ms) at
+# which the lock may still be taken, or "". Returns {1 taken | 0 held by another |
+# -1 too late, Redis's clock in ms, record fields...}. A call that Redis runs after
+# its sender stopped waiting for the reply (Redis was frozen or swamped for longer
+# than the timeout) must not take the lock: nobody would use or release it, and the
+# upload would stay locked for a whole TTL. Safe to run twice: a lock that already
+# holds this token was taken by the first run.
 _ACQUIRE_AND_GET = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local taken = 0
-if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
-  taken = 1
-elseif redis.call('GET', KEYS[1]) == ARGV[1] then
+if redis.call('GET', KEYS[1]) == ARGV[1] then
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
   taken = 1
+elseif ARGV[3] ~= '' and now > tonumber(ARGV[3]) then
+  taken = -1
+elseif redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  taken = 1
 end
-return {taken, redis.call('HGETALL', KEYS[2])}
+return {taken, now, redis.call('HGETALL', KEYS[2])}
 """
 
 # KEYS: lock, record. Returns {unlocked 1|0, record fields...}.
@@ -113,6 +124,11 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
 end
 return 0
 """
+
+# The lock script's answer to a call that arrived after its latest start (see _latest_start),
+# and how many calls one attempt sends at most while Redis finds them too late.
+_TOO_LATE = -1
+_ASKS_WHEN_LATE = 3
 
 _clients: dict[tuple[str, float], redis.Redis] = {}
 _clients_lock = threading.Lock()
@@ -165,6 +181,10 @@ class RedisRecordStore(RecordStore):
         self._get_if_unlocked = DirectScript(client, _GET_IF_UNLOCKED)
         self._complete = client.register_script(_COMPLETE)
         self._reserve = client.register_script(_RESERVE)
+        timeout = client.connection_pool.connection_kwargs.get("socket_timeout")
+        self._timeout_ms: float | None = None if timeout is None else float(timeout) * 1000
+        # Redis's clock less time.monotonic(), in ms, from the latest lock request (see _latest_start).
+        self._redis_ahead_ms: float | None = None
 
     # Keys -------------------------------------------------------------------
 
@@ -279,25 +299,55 @@ class RedisRecordStore(RecordStore):
     # Lock -------------------------------------------------------------------
 
     def acquire_lock(self, upload_id: str, ttl: float) -> str | None:
-        token = new_token()
-        taken = self.client.set(self.lock_key(upload_id), token, nx=True, px=max(1, int(ttl * 1000)))
-        return token if taken else None
+        return self.request_lock_and_get(upload_id, ttl)()[0]
 
     def acquire_lock_and_get(self, upload_id: str, ttl: float) -> tuple[str | None, UploadRecord | None]:
         return self.request_lock_and_get(upload_id, ttl)()
 
     def request_lock_and_get(self, upload_id: str, ttl: float) -> LockAttempt:
         token = new_token()
+        keys = [self.lock_key(upload_id), self.record_key(upload_id)]
+        ttl_ms = max(1, int(ttl * 1000))
+
+        def send() -> tuple[float, Callable[[], Any]]:
+            sent = time.monotonic()
+            return sent, self._acquire_and_get.send(keys=keys, args=[token, ttl_ms, self._latest_start(sent)])
 
         def result() -> tuple[str | None, UploadRecord | None]:
-            taken, raw = reply()
-            return (token if taken else None), _record(raw)
+            sent, reply = first
+            for _ in range(_ASKS_WHEN_LATE):
+                taken, redis_now, raw = reply()
+                self._redis_ahead_ms = redis_now + 1 - sent * 1000
+                if taken != _TOO_LATE:
+                    return (token if taken == 1 else None), _record(raw)
+                # Still waiting, so not too late after all: the view of Redis's clock
+                # was behind (its clock was set forward, or the reply was read late).
+                # The view is corrected now; ask again.
+                sent, reply = send()
+            return None, _record(raw)
 
         attempt = LockAttempt(result)  # before sending: its sent_at may not be later than the call
-        reply = self._acquire_and_get.send(
-            keys=[self.lock_key(upload_id), self.record_key(upload_id)], args=[token, max(1, int(ttl * 1000))]
-        )
+        first = send()
         return attempt
+
+    def _latest_start(self, sent: float) -> str:
+        """The latest start for a lock request sent at ``sent`` (``time.monotonic()``), on Redis's clock.
+
+        A sender waits for its reply for the read timeout at least, so a call
+        that Redis starts later than ``sent`` plus the timeout may have been
+        given up: it is refused. One that was not (its sender read the reply
+        late) is sent again by ``result``. Redis's clock is known from its last
+        reply, as "Redis's time when it ran a call, less ours when we sent it",
+        which is never less than the true difference: the limit errs late, never
+        early. Without a timeout a sender never gives up.
+        """
+        if self._timeout_ms is None:
+            return ""
+        if self._redis_ahead_ms is None:
+            before = time.monotonic()
+            seconds, micros = self.client.time()
+            self._redis_ahead_ms = seconds * 1000 + micros // 1000 + 1 - before * 1000
+        return str(int(sent * 1000 + self._redis_ahead_ms + self._timeout_ms))
 
     def get_if_unlocked(self, upload_id: str) -> tuple[bool, UploadRecord | None]:
         unlocked, raw = self._get_if_unlocked(keys=[self.lock_key(upload_id), self.record_key(upload_id)])
