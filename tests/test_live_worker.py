@@ -1,8 +1,9 @@
 """tusbridge.workers.ThreadWorker: gthread whose threads wait briefly for a connection's next request.
 
 The probe subclass (tests/worker_probe.py) logs every hand-over of a
-connection to the thread pool, so these tests see which requests went
-through gunicorn's main thread. Long linger times make the outcomes certain
+connection to the thread pool and every wait for a new connection's first
+bytes, so these tests see which requests went through gunicorn's main
+thread. Long linger times make the outcomes certain
 on a slow machine: a thread that should not wait would hold a request up
 for longer than the client's timeout.
 """
@@ -10,6 +11,10 @@ for longer than the client's timeout.
 from __future__ import annotations
 
 import http.client
+import json
+import os
+import signal
+import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -28,6 +33,7 @@ def _server(
 ) -> GunicornServer:
     env = {
         "TUSBRIDGE_TEST_HANDOVER_LOG": str(log),
+        "TUSBRIDGE_TEST_DATA_WAIT_LOG": str(log.with_name(log.name + ".waits")),
         "TUSBRIDGE_TEST_KEEPALIVE_LINGER": str(linger),
         # The wait never outlasts gunicorn's keep-alive (2 s by default).
         "GUNICORN_CMD_ARGS": f"--keep-alive {keep_alive}",
@@ -37,6 +43,11 @@ def _server(
 
 def _handovers(log: Path) -> int:
     return len(log.read_text().splitlines()) if log.exists() else 0
+
+
+def _data_waits(log: Path) -> int:
+    """How often gthread waited for a new connection's first bytes."""
+    return _handovers(log.with_name(log.name + ".waits"))
 
 
 def _get(connection: http.client.HTTPConnection) -> None:
@@ -140,3 +151,84 @@ def test_a_client_that_closes_while_a_thread_waits_is_seen_by_that_thread(
     _get(last)
     last.close()
     assert _handovers(log) - before == 11
+
+
+def test_a_client_closing_a_kept_alive_connection_is_seen_by_the_main_thread(
+    gunicorn_factory: Callable[..., GunicornServer], tmp_path: Path
+) -> None:
+    """No linger, so the connection waits in the main thread; the client's close needs no second hand-over."""
+    log = tmp_path / "handovers"
+    server = _server(gunicorn_factory, log, 0.0)
+    connection = _connect(server)
+    before = _handovers(log)
+    _get(connection)
+    assert connection.sock is not None
+    connection.sock.shutdown(socket.SHUT_WR)
+    assert connection.sock.recv(1) == b""  # the server closed its end too
+    connection.close()
+    assert _handovers(log) - before == 1
+
+
+def test_a_new_connection_with_its_request_waiting_is_served_without_a_wait(
+    gunicorn_factory: Callable[..., GunicornServer], tmp_path: Path
+) -> None:
+    """The request is on the socket before the worker accepts it (the worker is stopped meanwhile): no wait.
+
+    A client that stays silent at first still goes through gthread's wait, and is answered.
+    """
+    log = tmp_path / "handovers"
+    server = _server(gunicorn_factory, log, 0.0)
+    whoami = _connect(server)
+    whoami.request("GET", "/test-whoami/")
+    pid = json.loads(whoami.getresponse().read())["pid"]
+    whoami.close()
+    request = f"GET /test-whoami/ HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\nConnection: close\r\n\r\n".encode()
+
+    before = _data_waits(log)
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        eager = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+        eager.sendall(request)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert _read_all(eager).startswith(b"HTTP/1.1 200 ")
+    assert _data_waits(log) - before == 0
+
+    slow = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+    time.sleep(0.5)
+    slow.sendall(request)
+    assert _read_all(slow).startswith(b"HTTP/1.1 200 ")
+    assert _data_waits(log) - before == 1
+
+
+@pytest.mark.parametrize(("size", "next_answered"), [(24_000, True), (100_000, False)])
+def test_a_body_the_application_left_unread_is_drained_within_gunicorns_limit(
+    gunicorn_factory: Callable[..., GunicornServer], tmp_path: Path, size: int, next_answered: bool
+) -> None:
+    """A POST refused without reading its body, then a GET on the same connection.
+
+    Under gunicorn's drain limit (64 KiB) the rest of the body is read and the
+    GET answered; over it the connection is closed rather than read on.
+    """
+    server = _server(gunicorn_factory, tmp_path / "handovers", 0.0)
+    connection = _connect(server)
+    line = b"GET /nowhere/ HTTP/1.1\r\n"
+    connection.request("POST", "/test-whoami/", body=line * (size // len(line)), headers={"Content-Type": "text/plain"})
+    refused = connection.getresponse()
+    refused.read()
+    assert refused.status in (403, 405)
+    if next_answered:
+        _get(connection)
+    else:
+        with pytest.raises(http.client.RemoteDisconnected):
+            _get(connection)
+    connection.close()
+
+
+def _read_all(sock: socket.socket) -> bytes:
+    """Everything the server sends until it closes the connection."""
+    data = b""
+    while chunk := sock.recv(65536):
+        data += chunk
+    sock.close()
+    return data

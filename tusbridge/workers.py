@@ -1,4 +1,4 @@
-"""A gunicorn worker for upload traffic: gthread, without two thread hand-overs per chunk.
+"""A gunicorn worker for upload traffic: gthread, with fewer thread hand-overs per request.
 
 gunicorn's gthread worker gives a kept-alive connection back to its main
 thread after every request; the main thread polls it and passes it to a pool
@@ -13,6 +13,19 @@ thread waits only while another thread of the pool is idle, so waiting never
 leaves a new connection without a thread; a connection that stays quiet goes
 back to the main thread as in gthread.
 
+Three smaller savings, each a few system calls or a thread wake-up per
+connection that gthread spends whatever the request:
+
+- a new connection whose request is already waiting (nearly all of them)
+  is served at once, where gthread first builds a selector to wait for it;
+- a body read to its end is not drained again after the response;
+- a kept-alive connection whose client closed it is closed by the main
+  thread, which peeks at it, instead of going to a pool thread to read the
+  end and coming back to be closed. Every browser connection ends so.
+
+Together they take about a fifth off the worker's CPU time per connection in
+a burst of short requests on new connections (a page of HEADs).
+
 Use it as ``--worker-class tusbridge.workers.ThreadWorker`` with gunicorn
 24 or later (the gthread worker whose ``handle`` answers whether to keep the
 connection); with any other release it serves exactly as gthread does.
@@ -21,9 +34,12 @@ connection); with any other release it serves exactly as gthread does.
 from __future__ import annotations
 
 import select
+import socket
+import ssl
 import threading
 from typing import Any
 
+from gunicorn.http.body import LengthReader
 from gunicorn.workers.gthread import ThreadWorker as GThreadWorker
 
 from . import conf
@@ -38,6 +54,8 @@ class ThreadWorker(GThreadWorker):
         self._busy_lock = threading.Lock()
 
     def handle(self, conn: Any) -> Any:
+        if _new_with_request_waiting(conn):
+            conn.data_ready = True  # gthread would build a selector to wait for it
         with self._busy_lock:
             self._busy += 1
         try:
@@ -48,6 +66,12 @@ class ThreadWorker(GThreadWorker):
         finally:
             with self._busy_lock:
                 self._busy -= 1
+
+    def _keepalive_after(self, conn: Any, keepalive: bool) -> bool:
+        """gthread drains what the application left of a body; a body read to its end needs nothing."""
+        if keepalive and _body_read(conn.parser):
+            return True
+        return bool(super()._keepalive_after(conn, keepalive))
 
     def _next_request_arrives(self, conn: Any) -> bool:
         """Whether the connection's next request came within the linger time (while another thread idles)."""
@@ -65,3 +89,48 @@ class ThreadWorker(GThreadWorker):
         poller.register(conn.sock, select.POLLIN)
         # A closing client makes the socket readable too; the next handle() sees the end and closes.
         return bool(poller.poll(linger * 1000))
+
+    def on_client_socket_readable(self, conn: Any, client: Any) -> None:
+        """A kept-alive connection became readable: close it here if its client has gone, else serve it."""
+        keepalived = getattr(self, "keepalived_conns", None)  # gunicorn 24+; earlier releases as gthread
+        if keepalived is None or not _closed_by_peer(client):
+            super().on_client_socket_readable(conn, client)
+            return
+        self.poller.unregister(client)
+        keepalived.remove(conn)
+        self.nr_conns -= 1
+        conn.close()
+
+
+def _new_with_request_waiting(conn: Any) -> bool:
+    """Whether ``conn`` is a new connection (not yet waited for) whose first bytes are here."""
+    fresh = not getattr(conn, "initialized", True) and not getattr(conn, "data_ready", True)
+    return fresh and _peek(conn.sock) is not None
+
+
+def _body_read(parser: Any) -> bool:
+    """Whether the current request's body of known length was read to its end (none left to drain)."""
+    body = getattr(getattr(parser, "mesg", None), "body", None)
+    reader = getattr(body, "reader", None)
+    buffered = getattr(body, "buf", None)
+    return type(reader) is LengthReader and reader.length == 0 and buffered is not None and not buffered.tell()
+
+
+def _closed_by_peer(sock: socket.socket) -> bool:
+    """Whether the peer closed (or reset) the connection without sending anything more."""
+    return _peek(sock) == b""
+
+
+def _peek(sock: socket.socket) -> bytes | None:
+    """The first byte waiting on ``sock``, b"" once the peer closed or reset it, None if none yet; never blocks.
+
+    TLS sockets always give None: a peek there sees records, not requests.
+    """
+    if isinstance(sock, ssl.SSLSocket):
+        return None
+    try:
+        return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+    except (BlockingIOError, InterruptedError):
+        return None
+    except OSError:
+        return b""  # reset: nothing more can be read or answered on it
