@@ -23,7 +23,7 @@ connection that gthread spends whatever the request:
   thread, which peeks at it, instead of going to a pool thread to read the
   end and coming back to be closed. Every browser connection ends so.
 
-Together they take about a fifth off the worker's CPU time per connection in
+Together they take about a quarter off the worker's CPU time per connection in
 a burst of short requests on new connections (a page of HEADs).
 
 Use it as ``--worker-class tusbridge.workers.ThreadWorker`` with gunicorn
