@@ -10,15 +10,17 @@
   (re-sent chunk, md5 completion). A new upload's first chunk cut off
   leaves no record and no file.
 - A legacy client that re-sends its chunk on a new connection while the old
-  one still holds the upload (silent mid-body): the new request gets a
-  definite answer in bounded time and changes nothing; once the old
-  connection is gone the chunk is stored and the upload completes.
+  one still holds the upload (silent mid-body): the old request hears the
+  new one at its next silence and lets go, answering 409 and counting
+  nothing; the re-sent chunk is stored and the upload completes.
+- A legacy client that goes silent mid-chunk without closing: 408 after
+  TUSBRIDGE_IDLE_TIMEOUT, the lock let go and nothing counted (a first
+  chunk leaves no record and no file).
 """
 
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable
 
 import pytest
@@ -147,6 +149,7 @@ def test_legacy_first_chunk_cut_off_leaves_nothing(server: GunicornServer, user:
 
 @pytest.mark.skipif(not HAS_PROC_NET, reason="waits for the worker to read the body through /proc")
 def test_legacy_chunk_resent_while_the_old_connection_holds_the_upload(server: GunicornServer, user: User) -> None:
+    """The old request lets go at its next silence: the re-sent chunk is stored, the old one answers 409."""
     chunk = 200_000
     data = payload(2 * chunk, 6)
     first = legacy_chunk(server, user, None, 0, data[:chunk], len(data))
@@ -155,30 +158,71 @@ def test_legacy_chunk_resent_while_the_old_connection_holds_the_upload(server: G
 
     old, body = legacy_chunk_request(server, user, upload_id, chunk, data[chunk:], len(data))
     old.send(body[: len(body) // 2])
-    wait_drained(server, old)  # the old request writes the chunk in place and holds the upload
+    wait_drained(server, old)  # the old request has read what was sent and holds the upload
 
-    # The same chunk again, on a new connection: a definite answer, never a hang; nothing changes.
-    started = time.monotonic()
+    # The same chunk again, on a new connection: stored (were the old request not to let
+    # go, this one would give up after TUSBRIDGE_LOCK_WAIT with 409).
     retry, retry_body = legacy_chunk_request(server, user, upload_id, chunk, data[chunk:], len(data))
     retry.sock.settimeout(2 * LOCK_WAIT + 20)
     answer = retry.finish(retry_body)
-    waited = time.monotonic() - started
-    assert answer.status in (200, 409), (answer.status, answer.body)
-    if answer.status == 409:
-        assert "busy" in json_of(answer)["detail"] or "lock" in json_of(answer)["detail"].lower()
-        assert record(server, upload_id)["offset"] == str(chunk)
-    print(f"\nre-sent legacy chunk answered {answer.status} after {waited:.1f} s")
+    assert answer.status == 200, (answer.status, answer.body)
+    assert json_of(answer)["offset"] == len(data)
 
-    old.close()  # the old connection finally goes
-    wait_server_done(server, old.client_port)
-    reply = try_response(old, 1)  # (closed: nothing to read)
-    assert reply is None
-    offset = settled_offset(f"{server.files_url}{upload_id}", user)
-    if offset == chunk:
-        reply = legacy_chunk(server, user, upload_id, chunk, data[chunk:], len(data))
+    given_up = try_response(old, 10)
+    assert given_up is not None and given_up.status == 409, given_up
+    assert "took the upload over" in json_of(given_up)["detail"]
+
+    done = legacy_complete(server, user, upload_id, md5(data))
+    assert done.status_code == 200, done.text
+    assert file_bytes(server.upload_dir / upload_id) == data
+
+
+IDLE_TIMEOUT = 1.0
+
+
+@pytest.fixture(scope="module")
+def impatient_server(gunicorn_factory: Callable[..., GunicornServer]) -> GunicornServer:
+    return gunicorn_factory({"TUSBRIDGE_TEST_IDLE_TIMEOUT": str(IDLE_TIMEOUT)})
+
+
+@pytest.mark.parametrize("first_chunk", [False, True])
+def test_legacy_chunk_from_a_silent_client_is_dropped_after_the_idle_timeout(
+    impatient_server: GunicornServer, first_chunk: bool
+) -> None:
+    """A client that stops sending mid-chunk (without closing) gets 408 and leaves the upload as it was.
+
+    Its lock is let go with the answer, so the chunk sent again is stored at once;
+    a new upload's first chunk leaves no record and no file.
+    """
+    server = impatient_server
+    user = login(server, f"silent-{first_chunk}")
+    chunk = 200_000
+    data = payload(2 * chunk, 7 + first_chunk)
+    names, keys = set(p.name for p in server.upload_dir.iterdir()), set(server.keys())
+    upload_id = None
+    start = 0
+    if not first_chunk:
+        reply = legacy_chunk(server, user, None, 0, data[:chunk], len(data))
         assert reply.status == 200, reply.body
-    else:
-        assert offset == len(data) and answer.status == 200
+        upload_id = json_of(reply)["upload_id"]
+        start = chunk
+
+    silent, body = legacy_chunk_request(server, user, upload_id, start, data[start : start + chunk], len(data))
+    silent.send(body[: len(body) // 2])
+    answer = try_response(silent, IDLE_TIMEOUT + 20)  # never closed by the client: the server ends it
+    assert answer is not None and answer.status == 408, answer
+    assert "No data for" in json_of(answer)["detail"]
+
+    if first_chunk:
+        poll(lambda: set(server.keys()) == keys, "no record or lock left")
+        assert set(p.name for p in server.upload_dir.iterdir()) == names
+        return
+    assert upload_id is not None
+    assert not any(key.startswith(f"{server.key_prefix}:lock:".encode()) for key in server.keys())
+    assert record(server, upload_id)["offset"] == str(chunk)
+    assert file_bytes(server.upload_dir / upload_id) == data[:chunk]
+    reply = legacy_chunk(server, user, upload_id, chunk, data[chunk:], len(data))
+    assert reply.status == 200, reply.body
     done = legacy_complete(server, user, upload_id, md5(data))
     assert done.status_code == 200, done.text
     assert file_bytes(server.upload_dir / upload_id) == data

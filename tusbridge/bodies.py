@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import io
 import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from django.http import HttpRequest
@@ -63,6 +65,11 @@ class BodyReader:
         self._remaining -= n
         return n
 
+    def abandon(self) -> None:
+        """The rest of the body will not be read: have gunicorn close the connection, not drain it."""
+        if self._socket_body is not None:
+            self._socket_body.abandon()
+
     def drain(self) -> bytes:
         """Bytes that arrived but that no read returned yet, without waiting for more.
 
@@ -111,6 +118,9 @@ class _SocketBody:
         ):
             return None
         return cls(stream, sock, _take_gunicorn_buffer(stream, length))
+
+    def abandon(self) -> None:
+        self._body.failed = True  # gunicorn must not reuse the connection
 
     def readinto(self, view: memoryview) -> int:
         """Up to ``len(view)`` bytes; raises TimeoutError only when none arrived in time."""
@@ -174,3 +184,28 @@ def _take_gunicorn_buffer(stream: Any, limit: int) -> bytes:
     unreader.buf.write(pending[own:])
     reader.length -= own
     return (held + pending[:own])[:limit]
+
+
+@contextmanager
+def polling_reads(request: HttpRequest, interval: float) -> Iterator[None]:
+    """Let body reads time out every ``interval`` seconds while the body streams.
+
+    A read that times out raises TimeoutError, which the upload service takes
+    as a moment to hear release requests and to notice a silent client; the
+    next read carries on where the last one stopped. That is only safe where
+    the server's body reader keeps partial reads across a timeout: gunicorn's
+    reader for bodies with a Content-Length does (it exposes the socket as
+    ``gunicorn.socket``), its chunked reader does not, and other servers do
+    not expose a socket at all. Everywhere else reads simply block.
+    """
+    sock = request.META.get("gunicorn.socket")
+    if not isinstance(sock, socket.socket) or not request.META.get("CONTENT_LENGTH"):
+        yield
+        return
+    previous = sock.gettimeout()
+    sock.settimeout(interval)
+    try:
+        yield
+    finally:
+        # The response is written with the server's own timeout, not ours.
+        sock.settimeout(previous)

@@ -19,16 +19,19 @@ reports the problem exactly as it would have.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from django.core.files.uploadhandler import FileUploadHandler, StopFutureHandlers
 from django.http import HttpRequest
 
-from .. import errors, md5state
+from .. import conf, errors, md5state
 from ..appending import AppendSession, PendingAppend
-from ..bodies import reader_for
+from ..bodies import BodyReader, polling_reads, reader_for
 from ..permissions import owner_of
+from .exceptions import ChunkedUploadError
+from .models import legacy_error
 from .multipart import ChunkBodyParser
 
 if TYPE_CHECKING:
@@ -101,10 +104,41 @@ class DirectChunkHandler(FileUploadHandler):
             if length > 0 and post_data is request:
                 stream = reader_for(request, length)
                 request._read_started = True  # as if Django had read it: request.body is gone now
-            self.parser = ChunkBodyParser(meta, stream, request.upload_handlers, request.encoding, self.view.field_name)
-            return self.parser.parse()
+            if not isinstance(stream, BodyReader):
+                return self._parse(meta, stream)
+            with polling_reads(request, float(conf.get("POLL_INTERVAL"))):
+                return self._parse(meta, _WatchedBody(stream, self.between_reads))
 
         request.parse_file_upload = parse_file_upload  # type: ignore[method-assign]
+
+    def _parse(self, meta: Any, stream: Any) -> Any:
+        request = self.request
+        self.parser = ChunkBodyParser(meta, stream, request.upload_handlers, request.encoding, self.view.field_name)
+        return self.parser.parse()
+
+    def between_reads(self, silent_for: float) -> None:
+        """Called between reads of the body, with how long the client has sent nothing.
+
+        A chunk is stored whole or not at all, so stopping drops it (the view
+        answers why): when another request asks for the upload (a client that
+        reconnected sends the chunk again), and when the client stays silent
+        for TUSBRIDGE_IDLE_TIMEOUT. Meanwhile the lock is kept, so bytes held
+        while the lock request travelled are written at the first silence.
+        """
+        if self.opening is not None and silent_for:
+            self._open(step_aside=False)
+        session = self.session
+        if session is not None and not self.completed and self.failure is None:
+            if session.lock.release_requested():
+                raise ChunkedUploadError(409, detail="Another request took the upload over; this chunk was not stored")
+            if silent_for:
+                try:
+                    session.lock.keep_alive()
+                except errors.UploadError as exc:
+                    raise legacy_error(exc) from None
+        idle = self.view.service.idle_timeout
+        if silent_for and silent_for >= idle:
+            raise ChunkedUploadError(408, detail=f"No data for {idle:g} s; this chunk was not stored")
 
     def _fields(self) -> Any:
         return getattr(self.parser, "_post", None) or {}
@@ -156,19 +190,22 @@ class DirectChunkHandler(FileUploadHandler):
         self.held.append(data)
         self.held_size += len(data)
 
-    def _open(self) -> bytes | None:
+    def _open(self, *, step_aside: bool = True) -> bytes | None:
         """Open the session asked for in ``new_file`` and write the bytes held meanwhile.
 
         When the upload cannot take the chunk, the handlers after this one
         get the part after all (the held bytes are returned for them) and the
-        view reports the problem.
+        view reports the problem; without ``step_aside`` (the body is not
+        being passed on at that moment) the problem is raised at once.
         """
         opening, self.opening = self.opening, None
         held, self.held = self.held, []
         assert opening is not None
         try:
             self.session = opening.open()
-        except errors.UploadError:
+        except errors.UploadError as exc:
+            if not step_aside:
+                raise legacy_error(exc) from None
             self._step_aside()
             return b"".join(held)
         except OSError as exc:
@@ -242,3 +279,34 @@ class DirectChunkHandler(FileUploadHandler):
             opening.cancel()
         if self.session is not None:
             self.session.abort()
+
+
+class _WatchedBody:
+    """A chunk's body read with short timeouts (``polling_reads``): every read and every silence is a moment to stop.
+
+    ``between_reads(silent_for)`` raises to stop; the rest of the body is then
+    left unread and the connection closed after the answer.
+    """
+
+    def __init__(self, stream: BodyReader, between_reads: Callable[[float], None]) -> None:
+        self._stream = stream
+        self._between_reads = between_reads
+        self._last_data = time.monotonic()
+
+    def read(self, size: int = -1, /) -> bytes:
+        while True:
+            try:
+                data = self._stream.read(size)
+            except TimeoutError:
+                self._check(time.monotonic() - self._last_data)
+                continue
+            self._last_data = time.monotonic()
+            self._check(0.0)
+            return data
+
+    def _check(self, silent_for: float) -> None:
+        try:
+            self._between_reads(silent_for)
+        except BaseException:
+            self._stream.abandon()
+            raise

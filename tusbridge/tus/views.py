@@ -24,11 +24,12 @@ from django.views import View
 from django.views.decorators.csrf import csrf_exempt
 
 from .. import conf, errors
+from ..bodies import polling_reads
 from ..checksums import ALGORITHMS, Checksum, parse_checksum
 from ..permissions import owner_of
 from ..record import State, UploadRecord
 from ..service import UploadService, get_service
-from .body import polling_reads, request_body
+from .body import request_body
 from .cors import add_cors_headers
 from .headers import metadata_text, parse_concat, parse_metadata, parse_uint
 
