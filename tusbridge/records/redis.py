@@ -310,6 +310,8 @@ class RedisRecordStore(RecordStore):
         ttl_ms = max(1, int(ttl * 1000))
 
         def send() -> tuple[float, Callable[[], Any]]:
+            if self._timeout_ms is not None and self._redis_ahead_ms is None:
+                self._learn_redis_clock()  # before ``sent``: the limit must not count its round trip
             sent = time.monotonic()
             return sent, self._acquire_and_get.send(keys=keys, args=[token, ttl_ms, self._latest_start(sent)])
 
@@ -341,13 +343,15 @@ class RedisRecordStore(RecordStore):
         which is never less than the true difference: the limit errs late, never
         early. Without a timeout a sender never gives up.
         """
-        if self._timeout_ms is None:
+        if self._timeout_ms is None or self._redis_ahead_ms is None:
             return ""
-        if self._redis_ahead_ms is None:
-            before = time.monotonic()
-            seconds, micros = self.client.time()
-            self._redis_ahead_ms = seconds * 1000 + micros // 1000 + 1 - before * 1000
         return str(int(sent * 1000 + self._redis_ahead_ms + self._timeout_ms))
+
+    def _learn_redis_clock(self) -> None:
+        """Ask Redis the time, for a store whose first lock request this is."""
+        before = time.monotonic()
+        seconds, micros = self.client.time()
+        self._redis_ahead_ms = seconds * 1000 + micros // 1000 + 1 - before * 1000
 
     def get_if_unlocked(self, upload_id: str) -> tuple[bool, UploadRecord | None]:
         unlocked, raw = self._get_if_unlocked(keys=[self.lock_key(upload_id), self.record_key(upload_id)])
