@@ -165,6 +165,48 @@ def test_a_lost_reply_to_an_advance_is_repeated_with_the_same_outcome(
     assert redis_client.get(lock_key(record.id)) is None
 
 
+@pytest.fixture
+def direct_store(store_client: redis.Redis) -> RedisRecordStore:
+    return record_store(store_client)
+
+
+def test_an_advance_that_keeps_the_lock_renews_it_until_a_release_is_wanted(
+    direct_store: RedisRecordStore, redis_client: redis.Redis
+) -> None:
+    store = direct_store
+    record, token = locked(store)
+    redis_client.pexpire(lock_key(record.id), 1000)
+    kept = advance(store, record.id, token, 0, 3, auto_complete=False, keep_lock_for=20)
+    assert kept.status is AdvanceStatus.OK and kept.lock_kept
+    assert redis_client.get(lock_key(record.id)).decode() == token
+    assert redis_client.pttl(lock_key(record.id)) > 15_000  # renewed for the 20 s asked
+
+    store.request_release(record.id)
+    released = advance(store, record.id, token, 3, 5, auto_complete=False, keep_lock_for=20)
+    assert released.status is AdvanceStatus.OK and released.offset == 5 and not released.lock_kept
+    assert redis_client.get(lock_key(record.id)) is None
+
+
+def test_an_advance_that_completes_the_upload_never_keeps_the_lock(
+    direct_store: RedisRecordStore, redis_client: redis.Redis
+) -> None:
+    record, token = locked(direct_store)
+    result = advance(direct_store, record.id, token, 0, 10, keep_lock_for=20)
+    assert result.status is AdvanceStatus.COMPLETED and not result.lock_kept
+    assert redis_client.get(lock_key(record.id)) is None
+
+
+def test_a_lost_reply_to_an_advance_that_kept_the_lock_reports_it_kept(
+    relayed_store: RedisRecordStore, dropper: ReplyDropper, redis_client: redis.Redis
+) -> None:
+    record, token = locked(relayed_store)
+    dropper.drop_next_replies()
+    result = advance(relayed_store, record.id, token, 0, 4, auto_complete=False, keep_lock_for=20)
+    assert dropper.dropped == 1
+    assert result.status is AdvanceStatus.OK and result.offset == 4 and result.lock_kept
+    assert redis_client.get(lock_key(record.id)).decode() == token
+
+
 def test_a_lost_reply_to_the_completing_advance_still_reports_completion_once(
     relayed_store: RedisRecordStore, dropper: ReplyDropper, redis_client: redis.Redis
 ) -> None:

@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
-from . import md5state
+from . import keeping, md5state
 from .data import Writer
 from .locking import HeldLock
 from .md5state import ResumableMD5
@@ -198,8 +198,12 @@ class AppendSession:
             if digest is not None:
                 digest.update(data)
 
-    def commit(self, *, interrupted: bool = False) -> AppendResult:
+    def commit(self, *, interrupted: bool = False, keep_lock: bool = False) -> AppendResult:
         """Make the written bytes count: advance the offset, release the lock, finish if complete.
+
+        With ``keep_lock`` the lock is kept for this thread's next request on
+        the same connection (see ``keeping``), unless the upload completes or
+        another request asked for it.
 
         A failure before the advance, or a definite refusal of it while this
         request still holds the lock, cuts the bytes off again. Otherwise they
@@ -224,6 +228,8 @@ class AppendSession:
         # is handed over, so that a DELETE cannot take the data from under it.
         completes = self.auto_complete and length is not None and new_offset == length
         now = time.time()
+        sent_at = time.monotonic()
+        keep_lock = keep_lock and not completes
         md5_state = self.md5.state if self.md5 is not None else None
         fields: dict[str, object] | None = None
         if md5_state is not None:
@@ -240,6 +246,7 @@ class AppendSession:
                 fields=fields,
                 length=self.new_length,
                 release_lock=not completes,
+                keep_lock_for=self.lock.ttl if keep_lock else None,
             )
         except BaseException:
             self._close()
@@ -252,10 +259,13 @@ class AppendSession:
                 # the offset did not move, so the bytes are cut off again.
                 self.abort()
             service.check_advance(result)
-        if not completes:
+        if result.lock_kept:
+            self.lock.renewed(sent_at)
+        elif not completes:
             self.lock.released_by_store()
         written = self.written
         record.offset = result.offset
+        record.updated_at = now
         if self.slide_expiry:
             record.expires_at = now + service.expiry
         if fields and md5_state is not None:
@@ -268,7 +278,12 @@ class AppendSession:
             completed = result.status is AdvanceStatus.COMPLETED
             if completed:
                 record = service.finish(record.id) or record
-        finally:
+        except BaseException:
+            self._close()
+            raise
+        if result.lock_kept:
+            self._keep()
+        else:
             self._close()
         return AppendResult(record=record, written=written, completed=completed, interrupted=interrupted)
 
@@ -289,6 +304,16 @@ class AppendSession:
             logger.warning("tusbridge: could not cut upload %s back: %s", self.record.id, exc)
         finally:
             self._close()
+
+    def _keep(self) -> None:
+        """Close the file but hand the lock, record and running MD5 on to this thread's next request."""
+        self._open = False
+        try:
+            self.writer.close()
+        except BaseException:
+            self.lock.release()
+            raise
+        keeping.keep(keeping.KeptLock(self.lock, self.record, self.md5))
 
     def _close(self) -> None:
         if self._open:

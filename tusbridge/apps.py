@@ -1,4 +1,5 @@
 from django.apps import AppConfig
+from django.core.signals import request_finished, request_started
 
 
 class TusbridgeConfig(AppConfig):
@@ -6,5 +7,8 @@ class TusbridgeConfig(AppConfig):
     verbose_name = "tusbridge resumable uploads"
 
     def ready(self) -> None:
-        # Importing registers the system checks with Django's check framework.
-        from . import checks  # noqa: F401
+        from . import checks, keeping
+
+        del checks  # imported for its side effect: it registers the system checks
+        request_started.connect(keeping.request_started, dispatch_uid="tusbridge.keeping.started")
+        request_finished.connect(keeping.request_finished, dispatch_uid="tusbridge.keeping.finished")

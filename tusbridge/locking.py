@@ -44,6 +44,14 @@ class HeldLock:
             raise errors.LockLost()
         self._renewed = now
 
+    def renewed(self, at: float) -> None:
+        """The store renewed the lock for a whole TTL with a call sent at ``at`` (time.monotonic())."""
+        self._renewed = at
+
+    def safe_for(self) -> float:
+        """Seconds the lock surely stays ours without a renewal (its TTL runs from the last request sent)."""
+        return self._renewed + self.ttl - time.monotonic()
+
     def release_requested(self) -> bool:
         """True when another request asked for the upload (a client that reconnected)."""
         if self._listener is None:

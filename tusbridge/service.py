@@ -21,7 +21,7 @@ from django.core.files import File
 from django.core.files.storage import Storage
 from django.core.signals import setting_changed
 
-from . import conf, errors, locking, md5state
+from . import conf, errors, keeping, locking, md5state
 from .appending import AppendResult, AppendSession, Digest, PendingAppend, Readable
 from .data import Concatenator, DataStore, InfoKeeper, Terminator
 from .data.filesystem import FileSystemDataStore
@@ -335,6 +335,44 @@ class UploadService:
             auto_complete=auto_complete,
             slide_expiry=slide_expiry,
             md5=md5,
+            new=False,
+            new_length=new_length,
+        )
+
+    def resume_append(
+        self,
+        kept: keeping.KeptLock,
+        owner: str,
+        *,
+        length: int | None = None,
+        auto_complete: bool = True,
+        slide_expiry: bool = True,
+    ) -> AppendSession:
+        """``open_append`` at the kept record's offset with a lock this thread kept (``keeping.claim``).
+
+        Makes the same checks without asking Redis: nobody else could change
+        the record while the lock was kept. Lets the lock go when refusing.
+        """
+        record = kept.record
+        try:
+            self.usable(record, owner)
+            if record.concat == "final":
+                raise errors.FinalUploadImmutable()
+            if record.state is State.COMPLETE:
+                raise errors.AlreadyComplete()
+            new_length = self._new_length(record, length)
+            writer = self.data.writer(record.id, record.offset)
+        except BaseException:
+            kept.lock.release()
+            raise
+        return AppendSession(
+            self,
+            record,
+            kept.lock,
+            writer,
+            auto_complete=auto_complete,
+            slide_expiry=slide_expiry,
+            md5=kept.md5,
             new=False,
             new_length=new_length,
         )

@@ -11,7 +11,9 @@ waits ``TUSBRIDGE_KEEPALIVE_LINGER`` seconds (at most gunicorn's
 ``--keep-alive``) for it on the same connection and serves it itself. A
 thread waits only while another thread of the pool is idle, so waiting never
 leaves a new connection without a thread; a connection that stays quiet goes
-back to the main thread as in gthread.
+back to the main thread as in gthread. While it waits, the thread may keep
+the lock of the upload the last request wrote (``tusbridge.keeping``), so a
+legacy chunk that follows on the connection needs no lock request.
 
 Three smaller savings, each a few system calls or a thread wake-up per
 connection that gthread spends whatever the request:
@@ -33,6 +35,7 @@ connection); with any other release it serves exactly as gthread does.
 
 from __future__ import annotations
 
+import contextlib
 import select
 import socket
 import ssl
@@ -42,7 +45,7 @@ from typing import Any
 from gunicorn.http.body import LengthReader
 from gunicorn.workers.gthread import ThreadWorker as GThreadWorker
 
-from . import conf
+from . import conf, keeping
 
 
 class ThreadWorker(GThreadWorker):
@@ -59,13 +62,17 @@ class ThreadWorker(GThreadWorker):
         with self._busy_lock:
             self._busy += 1
         try:
-            keep = super().handle(conn)
-            while keep is True and self._next_request_arrives(conn):
+            with keeping.connection() if self._lingers() else contextlib.nullcontext():
                 keep = super().handle(conn)
+                while keep is True and self._next_request_arrives(conn):
+                    keep = super().handle(conn)
             return keep
         finally:
             with self._busy_lock:
                 self._busy -= 1
+
+    def _lingers(self) -> bool:
+        return min(float(conf.get("KEEPALIVE_LINGER")), self.cfg.keepalive) > 0
 
     def _keepalive_after(self, conn: Any, keepalive: bool) -> bool:
         """gthread drains what the application left of a body; a body read to its end needs nothing."""

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from django.core.files.uploadhandler import FileUploadHandler, StopFutureHandlers
 from django.http import HttpRequest
 
-from .. import conf, errors, md5state
+from .. import conf, errors, keeping, md5state
 from ..appending import AppendSession, PendingAppend
 from ..bodies import BodyReader, polling_reads, reader_for
 from ..permissions import owner_of
@@ -158,6 +158,9 @@ class DirectChunkHandler(FileUploadHandler):
             return
         upload_id = self._fields().get("upload_id")
         self.expected = end - start + 1
+        if upload_id and self._resume_kept(upload_id, start, total):
+            raise StopFutureHandlers()
+        keeping.release()  # another upload or offset: the lock this thread kept goes back first
         if upload_id:
             # The lock request travels while the part's bytes arrive and are hashed.
             self.opening = self.view.service.request_append(
@@ -183,6 +186,19 @@ class DirectChunkHandler(FileUploadHandler):
             self.session = None  # the view will find the same problem and report it
         if self.session is not None:
             raise StopFutureHandlers()
+
+    def _resume_kept(self, upload_id: str, start: int, total: int) -> bool:
+        """Open the session with the lock this thread kept from the upload's previous chunk, if it did."""
+        kept = keeping.claim(upload_id, start)
+        if kept is None:
+            return False
+        try:
+            self.session = self.view.service.resume_append(
+                kept, owner_of(self.request), length=total, auto_complete=False, slide_expiry=False
+            )
+        except errors.UploadError:
+            return False  # the lock went back; the ordinary way finds the same problem and reports it
+        return True
 
     def _hold(self, data: bytes) -> None:
         if self.md5_ahead is not None:

@@ -22,7 +22,7 @@ from django.core.files.storage import Storage
 from django.core.files.uploadedfile import UploadedFile
 from django.core.serializers.json import DjangoJSONEncoder
 
-from .. import errors
+from .. import errors, keeping
 from ..appending import AppendSession
 from ..filenames import safe_filename
 from ..record import State, UploadRecord
@@ -295,7 +295,7 @@ class ChunkedUpload:
         try:
             if self._session is not None:
                 session, self._session = self._session, None
-                self.record = session.commit().record
+                self.record = session.commit(keep_lock=keeping.allowed()).record
                 self._new = False
             elif self._new:
                 created = self.service.create(

@@ -47,6 +47,8 @@ class AdvanceStatus(StrEnum):
 class AdvanceResult:
     status: AdvanceStatus
     offset: int
+    # The caller still holds the lock, renewed (asked for with ``keep_lock_for``).
+    lock_kept: bool = False
 
     @property
     def ok(self) -> bool:
@@ -89,10 +91,16 @@ class RecordStore(abc.ABC):
         fields: dict[str, object] | None = None,
         length: int | None = None,
         release_lock: bool = False,
+        keep_lock_for: float | None = None,
     ) -> AdvanceResult:
         """Move the offset from ``expected`` to ``new`` in one atomic step.
 
         With ``release_lock`` a successful advance also releases the lock.
+        With ``keep_lock_for`` (seconds) it renews the lock for that long
+        instead, unless another request asked for the upload since the last
+        such advance (``request_release``): then it releases it. ``lock_kept``
+        in the result says which. An advance that completes the upload
+        releases it either way.
 
         ``length`` sets a deferred length in the same step (refused with
         LENGTH_MISMATCH when a different length is already set).

@@ -21,40 +21,55 @@ from ..record import State, UploadRecord, encode_field
 from .base import AdvanceResult, AdvanceStatus, LockAttempt, RecordStore, ReleaseListener
 from .scripts import DirectScript
 
-# KEYS: record, lock. ARGV: token, expected, new, now, expires_at|"", auto_complete 1|0,
-# length to set|"", release the lock 1|0, a random id of this call, then field/value
-# pairs to set with the advance. Safe to run twice: the record keeps the id of the
-# last advance, so a repeat of a call that went through (only its reply was lost)
-# reports the same outcome instead of a mismatch; any other call is judged afresh.
+# KEYS: record, lock, release wanted. ARGV: token, expected, new, now, expires_at|"",
+# auto_complete 1|0, length to set|"", the lock afterwards ("1" release, "0" hold, else
+# the ms to keep it for unless a release is wanted), a random id of this call, then
+# field/value pairs to set with the advance. Returns {status, offset, 1 if the lock is
+# kept}. Safe to run twice: the record keeps the id of the last advance, so a repeat of
+# a call that went through (only its reply was lost) reports the same outcome instead
+# of a mismatch; any other call is judged afresh.
 _ADVANCE = """
+local function keep()
+  if ARGV[8] == '1' or ARGV[8] == '0' or redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
+  if redis.call('EXISTS', KEYS[3]) == 1 then
+    redis.call('DEL', KEYS[2])
+    return 0
+  end
+  redis.call('PEXPIRE', KEYS[2], ARGV[8])
+  return 1
+end
 local f = redis.call('HMGET', KEYS[1], 'state', 'offset', 'length', 'advance_id')
-if not f[1] then return {'missing', 0} end
+if not f[1] then return {'missing', 0, 0} end
 local new = tonumber(ARGV[3])
 if f[4] == ARGV[9] then
-  if f[1] == 'complete' and f[3] == ARGV[3] then return {'completed', new} end
-  return {'ok', new}
+  if f[1] == 'complete' and f[3] == ARGV[3] then return {'completed', new, 0} end
+  return {'ok', new, keep()}
 end
-if redis.call('GET', KEYS[2]) ~= ARGV[1] then return {'lock-lost', 0} end
+if redis.call('GET', KEYS[2]) ~= ARGV[1] then return {'lock-lost', 0, 0} end
 local offset = tonumber(f[2])
-if f[1] ~= 'uploading' then return {'not-uploading', offset} end
-if offset ~= tonumber(ARGV[2]) then return {'offset-mismatch', offset} end
+if f[1] ~= 'uploading' then return {'not-uploading', offset, 0} end
+if offset ~= tonumber(ARGV[2]) then return {'offset-mismatch', offset, 0} end
 local length = f[3]
 if ARGV[7] ~= '' then
-  if length ~= '' and length ~= ARGV[7] then return {'length-mismatch', offset} end
+  if length ~= '' and length ~= ARGV[7] then return {'length-mismatch', offset, 0} end
   length = ARGV[7]
 end
-if new < offset then return {'offset-mismatch', offset} end
-if length ~= '' and new > tonumber(length) then return {'past-length', offset} end
+if new < offset then return {'offset-mismatch', offset, 0} end
+if length ~= '' and new > tonumber(length) then return {'past-length', offset, 0} end
 redis.call('HSET', KEYS[1], 'offset', ARGV[3], 'updated_at', ARGV[4], 'length', length, 'advance_id', ARGV[9])
 for i = 10, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 if ARGV[5] ~= '' then redis.call('HSET', KEYS[1], 'expires_at', ARGV[5]) end
-if ARGV[8] == '1' then redis.call('DEL', KEYS[2]) end
 if ARGV[6] == '1' and length ~= '' and new == tonumber(length) then
+  if ARGV[8] ~= '0' then redis.call('DEL', KEYS[2]) end
   redis.call('HSET', KEYS[1], 'state', 'complete', 'completed_at', ARGV[4])
-  return {'completed', new}
+  return {'completed', new, 0}
 end
-return {'ok', new}
+if ARGV[8] == '1' then redis.call('DEL', KEYS[2]) end
+return {'ok', new, keep()}
 """
+
+# How long a release request stays visible to a holder that keeps its lock between requests.
+_RELEASE_WANTED_MS = 1000
 
 # KEYS: record. ARGV: now.
 _COMPLETE = """
@@ -203,6 +218,9 @@ class RedisRecordStore(RecordStore):
     def release_channel(self, upload_id: str) -> str:
         return f"{self.prefix}:release:{{{upload_id}}}"
 
+    def release_wanted_key(self, upload_id: str) -> str:
+        return f"{self.prefix}:release-wanted:{{{upload_id}}}"
+
     @property
     def expiry_key(self) -> str:
         return f"{self.prefix}:expiry"
@@ -237,13 +255,18 @@ class RedisRecordStore(RecordStore):
         fields: dict[str, object] | None = None,
         length: int | None = None,
         release_lock: bool = False,
+        keep_lock_for: float | None = None,
     ) -> AdvanceResult:
         extra = [item for name, value in (fields or {}).items() for item in (name, encode_field(name, value))]
+        if keep_lock_for is not None:
+            lock_after = str(max(1, int(keep_lock_for * 1000)))
+        else:
+            lock_after = "1" if release_lock else "0"
         # The expiry index is not touched: its entry (from creation) is never
         # later than the record's expiry, and cleanup reads the record and
         # moves the entry on when the expiry slid. One round trip per write.
-        status, offset = self._advance(
-            keys=[self.record_key(upload_id), self.lock_key(upload_id)],
+        status, offset, kept = self._advance(
+            keys=[self.record_key(upload_id), self.lock_key(upload_id), self.release_wanted_key(upload_id)],
             args=[
                 lock_token,
                 expected,
@@ -252,12 +275,12 @@ class RedisRecordStore(RecordStore):
                 "" if expires_at is None else repr(expires_at),
                 "1" if auto_complete else "0",
                 "" if length is None else str(length),
-                "1" if release_lock else "0",
+                lock_after,
                 secrets.token_hex(8),
                 *extra,
             ],
         )
-        result = AdvanceResult(AdvanceStatus(status.decode()), int(offset))
+        result = AdvanceResult(AdvanceStatus(status.decode()), int(offset), lock_kept=bool(kept))
         if result.status is AdvanceStatus.COMPLETED:
             self.unindex([upload_id])
         return result
@@ -368,7 +391,12 @@ class RedisRecordStore(RecordStore):
         return token.decode() if isinstance(token, bytes) else token
 
     def request_release(self, upload_id: str) -> None:
-        self.client.publish(self.release_channel(upload_id), "release")
+        # The key reaches a holder that keeps the lock between requests (it looks at its
+        # next advance); the message reaches one that is streaming a body.
+        pipe = self.client.pipeline(transaction=False)
+        pipe.set(self.release_wanted_key(upload_id), "1", px=_RELEASE_WANTED_MS)
+        pipe.publish(self.release_channel(upload_id), "release")
+        pipe.execute()
 
     def listen_for_release(self, upload_id: str) -> PubSubReleaseListener:
         return PubSubReleaseListener(self.client, self.release_channel(upload_id))

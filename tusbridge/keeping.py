@@ -1,0 +1,134 @@
+"""An upload's lock kept from one request to the next on the same connection.
+
+A legacy client sends its chunks back to back on one kept-alive connection,
+and under ``tusbridge.workers.ThreadWorker`` the thread that answered a chunk
+waits a moment for the next one on that connection. Keeping the upload's lock
+(with the record as it stands and the running MD5) over that moment saves the
+next chunk a round trip to Redis before its first byte is written.
+
+Nothing else can miss the lock for long:
+
+- another request that wants the upload asks for it (``request_release``),
+  and the next advance lets go instead of keeping;
+- the lock goes back at the end of the next request, if that request did
+  not use it, and at once when it is for another path; no other request can
+  run on this thread meanwhile;
+- the worker lets go when the connection goes quiet or closes.
+
+Only a thread that a worker marked with ``connection()`` keeps locks: under
+any other server every request lets go of its lock at commit, as before.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .locking import HeldLock
+    from .md5state import ResumableMD5
+    from .record import UploadRecord
+
+logger = logging.getLogger("tusbridge")
+
+# A kept lock is used only while this much of its TTL is surely left.
+_MIN_SAFE_FRACTION = 0.5
+
+
+@dataclass
+class KeptLock:
+    lock: HeldLock
+    record: UploadRecord
+    md5: ResumableMD5 | None
+    # Filled in by keep(): the request that kept it (its number on this thread), its method and path.
+    request: int = 0
+    method: str = ""
+    path: str = ""
+
+
+class _Thread(threading.local):
+    allowed = False
+    requests = 0  # requests started on this thread
+    method = ""  # the current request's method and path
+    path = ""
+    kept: KeptLock | None = None
+
+
+_thread = _Thread()
+
+
+@contextmanager
+def connection() -> Iterator[None]:
+    """Let the requests of one connection served on this thread keep locks; let go at the end."""
+    _thread.allowed = True
+    try:
+        yield
+    finally:
+        _thread.allowed = False
+        release()
+
+
+def allowed() -> bool:
+    """Whether a request on this thread may keep its lock for the next one."""
+    return _thread.allowed
+
+
+def keep(kept: KeptLock) -> None:
+    """Hold ``kept`` for this thread's next request (or let go at once where keeping is not allowed)."""
+    release()
+    if not _thread.allowed:
+        _let_go(kept)
+        return
+    kept.request, kept.method, kept.path = _thread.requests, _thread.method, _thread.path
+    _thread.kept = kept
+
+
+def claim(upload_id: str, offset: int) -> KeptLock | None:
+    """The kept lock if it is for ``upload_id`` at ``offset`` and surely still held; otherwise let any go."""
+    kept, _thread.kept = _thread.kept, None
+    if kept is None:
+        return None
+    usable = (
+        kept.record.id == upload_id
+        and kept.record.offset == offset
+        and kept.lock.safe_for() > kept.lock.ttl * _MIN_SAFE_FRACTION
+    )
+    if not usable:
+        _let_go(kept)
+        return None
+    return kept
+
+
+def release() -> None:
+    """Let go of this thread's kept lock, if any."""
+    kept, _thread.kept = _thread.kept, None
+    if kept is not None:
+        _let_go(kept)
+
+
+def _let_go(kept: KeptLock) -> None:
+    try:
+        kept.lock.release()
+    except Exception as exc:  # Redis unreachable: the lock's TTL frees the upload
+        logger.warning("tusbridge: could not release the kept lock of upload %s: %s", kept.record.id, exc)
+
+
+def request_started(sender: Any, environ: dict[str, Any] | None = None, **kwargs: Any) -> None:
+    """Django's ``request_started``: a kept lock stays only for a request of the same method to the same path."""
+    environ = environ or {}
+    _thread.requests += 1
+    _thread.method, _thread.path = environ.get("REQUEST_METHOD", ""), environ.get("PATH_INFO", "")
+    kept = _thread.kept
+    if kept is not None and (kept.method, kept.path) != (_thread.method, _thread.path):
+        release()
+
+
+def request_finished(sender: Any, **kwargs: Any) -> None:
+    """Django's ``request_finished``: a lock that this request neither used nor kept goes back."""
+    kept = _thread.kept
+    if kept is not None and kept.request != _thread.requests:
+        release()
