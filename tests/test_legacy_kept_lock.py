@@ -120,6 +120,18 @@ def test_the_lock_goes_back_when_the_connection_ends(gunicorn_server: GunicornSe
     poll(lambda: not is_locked(gunicorn_server, upload_id) or None, "the kept lock to go back", timeout=LINGER * 10)
 
 
+def test_a_connection_whose_kept_lock_went_unused_stops_keeping(gunicorn_server: GunicornServer) -> None:
+    """The next chunk came after the linger: later chunks on that connection let go of the lock at once."""
+    server = gunicorn_server
+    session, token, data, upload_id = started(server, "kept-late", chunks=3, seed=18)
+    poll(lambda: not is_locked(server, upload_id) or None, "the linger to end", timeout=LINGER * 10)
+    response = send_chunk(server, session, token, data, CHUNK, upload_id)  # same connection (keep-alive 2 s)
+    assert response.status_code == 200, response.text
+    assert not is_locked(server, upload_id)  # a kept lock would be held for the next LINGER seconds
+    upload_in_chunks(server, session, token, data, upload_id)
+    assert data_of(server, upload_id) == data
+
+
 @pytest.mark.parametrize("then", ["complete", "tus-head", "other-upload"])
 def test_the_next_request_on_the_connection_is_not_kept_waiting(gunicorn_server: GunicornServer, then: str) -> None:
     """Whatever follows a chunk on its connection finds the upload free: no 423, no wait for LOCK_WAIT."""

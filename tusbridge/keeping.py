@@ -15,8 +15,13 @@ Nothing else can miss the lock for long:
   run on this thread meanwhile;
 - the worker lets go when the connection goes quiet or closes.
 
-Only a thread that a worker marked with ``connection()`` keeps locks: under
-any other server every request lets go of its lock at commit, as before.
+A connection whose kept lock went back unused when it went quiet stops
+keeping: its client does not send the next chunk at once (a browser that
+takes its time, or a balancer that sends the next request elsewhere), so
+keeping would only cost it a release and make a request on another
+connection wait. Only a thread that a worker marked with ``connection()``
+keeps locks: under any other server every request lets go of its lock at
+commit, as before.
 """
 
 from __future__ import annotations
@@ -50,8 +55,14 @@ class KeptLock:
     path: str = ""
 
 
+class Connection:
+    """What keeping learnt about one connection, kept by the worker as long as the connection lives."""
+
+    keeps = True
+
+
 class _Thread(threading.local):
-    allowed = False
+    connection: Connection | None = None
     requests = 0  # requests started on this thread
     method = ""  # the current request's method and path
     path = ""
@@ -62,25 +73,30 @@ _thread = _Thread()
 
 
 @contextmanager
-def connection() -> Iterator[None]:
-    """Let the requests of one connection served on this thread keep locks; let go at the end."""
-    _thread.allowed = True
+def connection(state: Connection) -> Iterator[None]:
+    """Serve requests of the connection ``state`` describes on this thread; let go at the end.
+
+    A lock still kept at the end went unused: the connection stops keeping.
+    """
+    _thread.connection = state
     try:
         yield
     finally:
-        _thread.allowed = False
-        release()
+        _thread.connection = None
+        if _thread.kept is not None:
+            state.keeps = False
+            release()
 
 
 def allowed() -> bool:
     """Whether a request on this thread may keep its lock for the next one."""
-    return _thread.allowed
+    return _thread.connection is not None and _thread.connection.keeps
 
 
 def keep(kept: KeptLock) -> None:
     """Hold ``kept`` for this thread's next request (or let go at once where keeping is not allowed)."""
     release()
-    if not _thread.allowed:
+    if not allowed():
         _let_go(kept)
         return
     kept.request, kept.method, kept.path = _thread.requests, _thread.method, _thread.path

@@ -62,7 +62,7 @@ class ThreadWorker(GThreadWorker):
         with self._busy_lock:
             self._busy += 1
         try:
-            with keeping.connection() if self._lingers() else contextlib.nullcontext():
+            with keeping.connection(_keeping_state(conn)) if self._lingers() else contextlib.nullcontext():
                 keep = super().handle(conn)
                 while keep is True and self._next_request_arrives(conn):
                     keep = super().handle(conn)
@@ -107,6 +107,14 @@ class ThreadWorker(GThreadWorker):
         keepalived.remove(conn)
         self.nr_conns -= 1
         conn.close()
+
+
+def _keeping_state(conn: Any) -> keeping.Connection:
+    """What ``keeping`` learnt about ``conn`` so far (a new connection starts keeping)."""
+    state = getattr(conn, "tusbridge_keeping", None)
+    if state is None:
+        state = conn.tusbridge_keeping = keeping.Connection()
+    return state
 
 
 def _new_with_request_waiting(conn: Any) -> bool:
