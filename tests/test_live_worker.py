@@ -15,13 +15,15 @@ import json
 import os
 import signal
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import GunicornServer
+from tests.conftest import GunicornServer, free_port
 
 pytestmark = pytest.mark.live
 
@@ -232,3 +234,41 @@ def _read_all(sock: socket.socket) -> bytes:
         data += chunk
     sock.close()
     return data
+
+
+def test_an_application_without_django_is_served(tmp_path: Path) -> None:
+    """The worker class reads tusbridge's settings where Django has them, and serves any other WSGI application."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k != "DJANGO_SETTINGS_MODULE"}
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parent.parent), env.get("PYTHONPATH", "")])
+    log = tmp_path / "gunicorn.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}", "--workers", "1", "--threads", "2"]
+            + ["--worker-class", "tusbridge.workers.ThreadWorker", "tests.plain_wsgi:application"],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        connection = _wait_for_port(port, process)
+        for path in ("/first", "/second"):  # the second on the kept-alive connection
+            connection.request("GET", path)
+            response = connection.getresponse()
+            assert (response.status, response.read()) == (200, path.encode()), log.read_text()
+        connection.close()
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(15)
+
+
+def _wait_for_port(port: int, process: subprocess.Popen[bytes]) -> http.client.HTTPConnection:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        except OSError:
+            time.sleep(0.1)
+    raise AssertionError("gunicorn did not start")

@@ -42,6 +42,7 @@ import ssl
 import threading
 from typing import Any
 
+from django.core.exceptions import ImproperlyConfigured
 from gunicorn.http.body import LengthReader
 from gunicorn.workers.gthread import ThreadWorker as GThreadWorker
 
@@ -62,7 +63,7 @@ class ThreadWorker(GThreadWorker):
         with self._busy_lock:
             self._busy += 1
         try:
-            with keeping.connection(_keeping_state(conn)) if self._lingers() else contextlib.nullcontext():
+            with keeping.connection(_keeping_state(conn)) if self._linger() > 0 else contextlib.nullcontext():
                 keep = super().handle(conn)
                 while keep is True and self._next_request_arrives(conn):
                     keep = super().handle(conn)
@@ -71,8 +72,13 @@ class ThreadWorker(GThreadWorker):
             with self._busy_lock:
                 self._busy -= 1
 
-    def _lingers(self) -> bool:
-        return min(float(conf.get("KEEPALIVE_LINGER")), self.cfg.keepalive) > 0
+    def _linger(self) -> float:
+        """``TUSBRIDGE_KEEPALIVE_LINGER``, at most ``--keep-alive``; 0 for an application without Django settings."""
+        try:
+            linger = float(conf.get("KEEPALIVE_LINGER"))
+        except ImproperlyConfigured:
+            return 0.0
+        return min(linger, self.cfg.keepalive)
 
     def _keepalive_after(self, conn: Any, keepalive: bool) -> bool:
         """gthread drains what the application left of a body; a body read to its end needs nothing."""
@@ -82,7 +88,7 @@ class ThreadWorker(GThreadWorker):
 
     def _next_request_arrives(self, conn: Any) -> bool:
         """Whether the connection's next request came within the linger time (while another thread idles)."""
-        linger = min(float(conf.get("KEEPALIVE_LINGER")), self.cfg.keepalive)
+        linger = self._linger()
         if linger <= 0 or not self.alive or self._busy >= self.cfg.threads:
             return False
         unreader = getattr(conn.parser, "unreader", None)
