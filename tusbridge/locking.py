@@ -44,6 +44,17 @@ class HeldLock:
             raise errors.LockLost()
         self._renewed = now
 
+    def resumed(self) -> None:
+        """A new request goes on with the lock kept from the last one; it listens only if it runs long.
+
+        Release requests made meanwhile are not lost: each one also marks the
+        upload for the next advance (see ``RecordStore.advance``).
+        """
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
+        self._acquired = time.monotonic()
+
     def renewed(self, at: float) -> None:
         """The store renewed the lock for a whole TTL with a call sent at ``at`` (time.monotonic())."""
         self._renewed = at

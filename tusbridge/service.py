@@ -365,6 +365,7 @@ class UploadService:
         except BaseException:
             kept.lock.release()
             raise
+        kept.lock.resumed()
         return AppendSession(
             self,
             record,
