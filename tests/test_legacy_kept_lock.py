@@ -86,7 +86,12 @@ def another_connection(session: requests.Session) -> requests.Session:
 
 
 def upload_in_chunks(
-    server: GunicornServer, session: requests.Session, token: str, data: bytes, upload_id: str | None = None
+    server: GunicornServer,
+    session: requests.Session,
+    token: str,
+    data: bytes,
+    upload_id: str | None = None,
+    on_answer: Callable[[int], object] = lambda offset: None,
 ) -> str:
     start = 0 if upload_id is None else int(record_of(server, upload_id)["offset"])
     while start < len(data):
@@ -94,6 +99,7 @@ def upload_in_chunks(
         assert response.status_code == 200, response.text
         upload_id = response.json()["upload_id"]
         start = response.json()["offset"]
+        on_answer(start)
     assert upload_id is not None
     return upload_id
 
@@ -107,8 +113,16 @@ def test_back_to_back_chunks_on_one_connection_take_the_lock_once(gunicorn_serve
         upload_id = upload_in_chunks(server, session, token, data)
         assert count(upload_id) == 1
     assert data_of(server, upload_id) == data
+    assert_md5_saved(server, upload_id, len(data))
     done = send_complete(server, session, token, upload_id, hashlib.md5(data).hexdigest())
     assert done.status_code == 200, done.text
+
+
+def assert_md5_saved(server: GunicornServer, upload_id: str, offset: int) -> None:
+    """Once the lock went back, the record holds the running MD5 of all ``offset`` bytes (no re-read at completion)."""
+    poll(lambda: not is_locked(server, upload_id) or None, "the kept lock to go back", timeout=LINGER * 10)
+    record = record_of(server, upload_id)
+    assert (record["offset"], record["md5_offset"]) == (str(offset), str(offset))
 
 
 @pytest.mark.parametrize("ending", ["quiet", "closed"])
@@ -159,6 +173,31 @@ def test_a_chunk_on_another_connection_gets_the_upload(gunicorn_server: Gunicorn
     session, token, data, upload_id = started(gunicorn_server, "kept-moved", chunks=4, seed=16)
     upload_in_chunks(gunicorn_server, another_connection(session), token, data, upload_id)
     assert data_of(gunicorn_server, upload_id) == data
+
+
+def test_a_request_elsewhere_mid_stream_leaves_the_md5_whole(gunicorn_server: GunicornServer) -> None:
+    """A HEAD from another connection while chunks keep coming: the holder saves the MD5 as it lets go."""
+    server = gunicorn_server
+    session, token, data, upload_id = started(server, "kept-head", chunks=30, seed=19)
+    offsets: list[int] = []
+
+    def keep_sending() -> None:
+        upload_in_chunks(server, session, token, data, upload_id, on_answer=offsets.append)
+
+    sender = threading.Thread(target=keep_sending)
+    sender.start()
+    try:
+        poll(lambda: len(offsets) >= 5 or None, "five chunks")
+        other = another_connection(session)
+        response = other.head(f"{server.files_url}{upload_id}", headers={"Tus-Resumable": "1.0.0"}, timeout=30)
+        assert response.status_code == 200
+        assert int(response.headers["Upload-Offset"]) >= 5 * CHUNK
+    finally:
+        sender.join(60)
+    assert offsets[-1] == len(data)
+    assert_md5_saved(server, upload_id, len(data))
+    done = send_complete(server, session, token, upload_id, hashlib.md5(data).hexdigest())
+    assert done.status_code == 200, done.text
 
 
 def test_termination_gets_through_while_chunks_keep_coming(gunicorn_server: GunicornServer) -> None:

@@ -170,21 +170,40 @@ def direct_store(store_client: redis.Redis) -> RedisRecordStore:
     return record_store(store_client)
 
 
-def test_an_advance_that_keeps_the_lock_renews_it_until_a_release_is_wanted(
+def test_an_advance_that_keeps_the_lock_renews_it_and_tells_of_a_release_request(
     direct_store: RedisRecordStore, redis_client: redis.Redis
 ) -> None:
     store = direct_store
     record, token = locked(store)
     redis_client.pexpire(lock_key(record.id), 1000)
     kept = advance(store, record.id, token, 0, 3, auto_complete=False, keep_lock_for=20)
-    assert kept.status is AdvanceStatus.OK and kept.lock_kept
+    assert kept.status is AdvanceStatus.OK and kept.lock_kept and not kept.release_wanted
     assert redis_client.get(lock_key(record.id)).decode() == token
     assert redis_client.pttl(lock_key(record.id)) > 15_000  # renewed for the 20 s asked
 
     store.request_release(record.id)
-    released = advance(store, record.id, token, 3, 5, auto_complete=False, keep_lock_for=20)
-    assert released.status is AdvanceStatus.OK and released.offset == 5 and not released.lock_kept
+    wanted = advance(store, record.id, token, 3, 5, auto_complete=False, keep_lock_for=20)
+    assert wanted.status is AdvanceStatus.OK and wanted.offset == 5
+    assert wanted.lock_kept and wanted.release_wanted  # the holder saves what it must, then lets go
+    assert redis_client.get(lock_key(record.id)).decode() == token
+
+
+def test_a_release_stores_fields_only_while_the_offset_is_as_expected(
+    direct_store: RedisRecordStore, redis_client: redis.Redis
+) -> None:
+    record, token = locked(direct_store)
+    assert advance(direct_store, record.id, token, 0, 4, auto_complete=False).ok
+    direct_store.release_lock_setting(record.id, token, offset=3, fields={"md5_offset": 3})
     assert redis_client.get(lock_key(record.id)) is None
+    assert redis_client.hget(record_key(record.id), "md5_offset") == b"-1"  # offset 4, not 3: nothing set
+
+    token, _ = direct_store.acquire_lock_and_get(record.id, 30)
+    direct_store.release_lock_setting(record.id, "not-the-holder", offset=4, fields={"md5_offset": 4})
+    assert redis_client.get(lock_key(record.id)).decode() == token  # not its lock: nothing happens
+    assert redis_client.hget(record_key(record.id), "md5_offset") == b"-1"
+    direct_store.release_lock_setting(record.id, token, offset=4, fields={"md5_offset": 4})
+    assert redis_client.get(lock_key(record.id)) is None
+    assert redis_client.hget(record_key(record.id), "md5_offset") == b"4"
 
 
 def test_an_advance_that_completes_the_upload_never_keeps_the_lock(

@@ -77,6 +77,8 @@ class AppendSession:
         md5: ResumableMD5 | None,
         new: bool,
         new_length: int | None = None,
+        defer_md5: bool = False,
+        md5_stored: bool = True,
     ) -> None:
         self.service = service
         self.record = record
@@ -85,6 +87,11 @@ class AppendSession:
         self.auto_complete = auto_complete
         self.slide_expiry = slide_expiry
         self.md5 = md5
+        # With ``defer_md5`` the bytes are hashed after the response, while the
+        # lock is kept (``keeping``); until then they wait here.
+        self.unhashed: list[bytes] | None = [] if defer_md5 and md5 is not None else None
+        # Whether the record holds ``md5``'s state at ``record.offset`` (a kept lock's may not, yet).
+        self.md5_stored = md5_stored
         self.new = new
         # A deferred length this request sets; stored with the offset at commit,
         # so a refused request leaves the upload as it was.
@@ -125,7 +132,10 @@ class AppendSession:
         self.lock.keep_alive()
         self.writer.write(data)
         if self.md5 is not None and not hashed:
-            self.md5.update(data)
+            if self.unhashed is not None:
+                self.unhashed.append(data if type(data) is bytes else bytes(data))
+            else:
+                self.md5.update(data)
 
     def adopt_md5(self, md5: ResumableMD5, base: bytes) -> bool:
         """Continue with ``md5``, begun from ``base`` ahead of the session, if that is this upload's state.
@@ -203,7 +213,8 @@ class AppendSession:
 
         With ``keep_lock`` the lock is kept for this thread's next request on
         the same connection (see ``keeping``), unless the upload completes or
-        another request asked for it.
+        another request asked for it. A kept lock's running MD5 is saved when
+        it is let go rather than with every advance.
 
         A failure before the advance, or a definite refusal of it while this
         request still holds the lock, cuts the bytes off again. Otherwise they
@@ -230,10 +241,11 @@ class AppendSession:
         now = time.time()
         sent_at = time.monotonic()
         keep_lock = keep_lock and not completes
-        md5_state = self.md5.state if self.md5 is not None else None
+        if not keep_lock:
+            self._hash_unhashed()
         fields: dict[str, object] | None = None
-        if md5_state is not None:
-            fields = {"md5_state": md5_state.hex(), "md5_offset": new_offset}
+        if self.md5 is not None and self.unhashed is None:
+            fields = md5state.stored_fields(self.md5, new_offset)
         try:
             result = service.records.advance(
                 record.id,
@@ -268,9 +280,10 @@ class AppendSession:
         record.updated_at = now
         if self.slide_expiry:
             record.expires_at = now + service.expiry
-        if fields and md5_state is not None:
+        if fields is not None and self.md5 is not None:
             record.md5_state, record.md5_offset = str(fields["md5_state"]), record.offset
-            md5state.recent_states.remember(record.id, record.offset, md5_state)
+            md5state.recent_states.remember(record.id, record.offset, self.md5.state)
+        self.md5_stored = fields is not None
         try:
             if self.new_length is not None:
                 record.length = self.new_length
@@ -281,9 +294,10 @@ class AppendSession:
         except BaseException:
             self._close()
             raise
-        if result.lock_kept:
+        if result.lock_kept and not result.release_wanted:
             self._keep()
         else:
+            self._hash_unhashed()
             self._close()
         return AppendResult(record=record, written=written, completed=completed, interrupted=interrupted)
 
@@ -305,23 +319,40 @@ class AppendSession:
         finally:
             self._close()
 
+    def _hash_unhashed(self) -> None:
+        """Hash the bytes waiting for it; the MD5 is then current again."""
+        if self.unhashed is not None and self.md5 is not None:
+            for data in self.unhashed:
+                self.md5.update(data)
+        self.unhashed = None
+
     def _keep(self) -> None:
         """Close the file but hand the lock, record and running MD5 on to this thread's next request."""
         self._open = False
         try:
             self.writer.close()
         except BaseException:
-            self.lock.release()
+            self._hash_unhashed()
+            self._let_go()
             raise
-        keeping.keep(keeping.KeptLock(self.lock, self.record, self.md5))
+        unhashed, self.unhashed = self.unhashed or [], None
+        keeping.keep(keeping.KeptLock(self.lock, self.record, self.md5, unhashed, md5_stored=self.md5_stored))
 
     def _close(self) -> None:
         if self._open:
             self._open = False
+            self.unhashed = None  # what was not hashed by now was not committed either
             try:
                 self.writer.close()
             finally:
-                self.lock.release()
+                self._let_go()
+
+    def _let_go(self) -> None:
+        """Release the lock, saving the running MD5 with it if the record does not have it yet."""
+        setting = None
+        if self.md5 is not None and not self.md5_stored and self.lock.token:
+            setting = (self.record.offset, md5state.stored_fields(self.md5, self.record.offset))
+        self.lock.release(setting=setting)
 
 
 class PendingAppend:

@@ -4,7 +4,9 @@ A legacy client sends its chunks back to back on one kept-alive connection,
 and under ``tusbridge.workers.ThreadWorker`` the thread that answered a chunk
 waits a moment for the next one on that connection. Keeping the upload's lock
 (with the record as it stands and the running MD5) over that moment saves the
-next chunk a round trip to Redis before its first byte is written.
+next chunk a round trip to Redis before its first byte is written. The chunk
+that follows is hashed after its response is out, and the MD5's state is
+saved in the record when the lock goes back, not with every advance.
 
 Nothing else can miss the lock for long:
 
@@ -30,8 +32,10 @@ import logging
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+
+from . import md5state
 
 if TYPE_CHECKING:
     from .locking import HeldLock
@@ -49,10 +53,20 @@ class KeptLock:
     lock: HeldLock
     record: UploadRecord
     md5: ResumableMD5 | None
+    # The last chunk's bytes, hashed once its response is out (request_finished).
+    unhashed: list[bytes] = field(default_factory=list)
+    # Whether the record holds the MD5's state; if not, it is saved when the lock goes back.
+    md5_stored: bool = True
     # Filled in by keep(): the request that kept it (its number on this thread), its method and path.
     request: int = 0
     method: str = ""
     path: str = ""
+
+    def hash_unhashed(self) -> None:
+        if self.md5 is not None:
+            for data in self.unhashed:
+                self.md5.update(data)
+        self.unhashed = []
 
 
 class Connection:
@@ -116,6 +130,7 @@ def claim(upload_id: str, offset: int) -> KeptLock | None:
     if not usable:
         _let_go(kept)
         return None
+    kept.hash_unhashed()
     return kept
 
 
@@ -127,8 +142,13 @@ def release() -> None:
 
 
 def _let_go(kept: KeptLock) -> None:
+    """Release the lock, saving the running MD5 with it where the record does not have it yet."""
+    setting = None
+    if kept.md5 is not None and not kept.md5_stored:
+        kept.hash_unhashed()
+        setting = (kept.record.offset, md5state.stored_fields(kept.md5, kept.record.offset))
     try:
-        kept.lock.release()
+        kept.lock.release(setting=setting)
     except Exception as exc:  # Redis unreachable: the lock's TTL frees the upload
         logger.warning("tusbridge: could not release the kept lock of upload %s: %s", kept.record.id, exc)
 
@@ -144,7 +164,15 @@ def request_started(sender: Any, environ: dict[str, Any] | None = None, **kwargs
 
 
 def request_finished(sender: Any, **kwargs: Any) -> None:
-    """Django's ``request_finished``: a lock that this request neither used nor kept goes back."""
+    """Django's ``request_finished``, once the response is out.
+
+    A lock that this request kept gets its chunk hashed now, off the
+    client's clock; one that it neither used nor kept goes back.
+    """
     kept = _thread.kept
-    if kept is not None and kept.request != _thread.requests:
+    if kept is None:
+        return
+    if kept.request == _thread.requests:
+        kept.hash_unhashed()
+    else:
         release()

@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from . import errors
+from . import errors, keeping
 from .holders import holder_is_gone
 from .record import UploadRecord
 from .records import RecordStore
@@ -76,13 +76,19 @@ class HeldLock:
         self.token = ""
         self.release()
 
-    def release(self) -> None:
-        """Stop listening and let go; safe to call twice."""
+    def release(self, *, setting: tuple[int, dict[str, object]] | None = None) -> None:
+        """Stop listening and let go; safe to call twice.
+
+        ``setting``: (offset, fields) to store with the release if the offset is still that.
+        """
         if self._listener is not None:
             self._listener.close()
             self._listener = None
         if self.token:
-            self.records.release_lock(self.upload_id, self.token)
+            if setting is None:
+                self.records.release_lock(self.upload_id, self.token)
+            else:
+                self.records.release_lock_setting(self.upload_id, self.token, offset=setting[0], fields=setting[1])
             self.token = ""
 
 
@@ -104,6 +110,7 @@ def acquire(
     ``wait`` seconds. ``first_attempt``, from ``records.request_lock_and_get``,
     is the first try when it was sent ahead.
     """
+    keeping.release()  # a lock this thread kept would otherwise keep it waiting for itself
     attempt = first_attempt or records.request_lock_and_get(upload_id, ttl)
     token, record = attempt()
     if token is None:
@@ -132,6 +139,7 @@ def read_settled(
 
     A request still writing is asked to let go, as in ``acquire``.
     """
+    keeping.release()
     unlocked, record = records.get_if_unlocked(upload_id)
     check(record)
     deadline = time.monotonic() + wait

@@ -124,3 +124,8 @@ class RecentStates:
 
 
 recent_states = RecentStates()
+
+
+def stored_fields(md5: ResumableMD5, offset: int) -> dict[str, object]:
+    """The record fields that save ``md5`` as the state of an upload's first ``offset`` bytes."""
+    return {"md5_state": md5.state.hex(), "md5_offset": offset}

@@ -376,6 +376,8 @@ class UploadService:
             md5=kept.md5,
             new=False,
             new_length=new_length,
+            defer_md5=True,
+            md5_stored=kept.md5_stored,
         )
 
     def request_append(self, upload_id: str, owner: str, **options: Any) -> PendingAppend:

@@ -47,8 +47,10 @@ class AdvanceStatus(StrEnum):
 class AdvanceResult:
     status: AdvanceStatus
     offset: int
-    # The caller still holds the lock, renewed (asked for with ``keep_lock_for``).
+    # The caller still holds the lock, renewed (asked for with ``keep_lock_for``)...
     lock_kept: bool = False
+    # ...but another request asked for the upload: let go as soon as you can.
+    release_wanted: bool = False
 
     @property
     def ok(self) -> bool:
@@ -97,10 +99,9 @@ class RecordStore(abc.ABC):
 
         With ``release_lock`` a successful advance also releases the lock.
         With ``keep_lock_for`` (seconds) it renews the lock for that long
-        instead, unless another request asked for the upload since the last
-        such advance (``request_release``): then it releases it. ``lock_kept``
-        in the result says which. An advance that completes the upload
-        releases it either way.
+        instead (``lock_kept``), and says whether another request asked for
+        the upload lately (``release_wanted``, see ``request_release``). An
+        advance that completes the upload releases it either way.
 
         ``length`` sets a deferred length in the same step (refused with
         LENGTH_MISMATCH when a different length is already set).
@@ -164,6 +165,10 @@ class RecordStore(abc.ABC):
     @abc.abstractmethod
     def release_lock(self, upload_id: str, token: str) -> None:
         """Release the lock if ``token`` still holds it."""
+
+    @abc.abstractmethod
+    def release_lock_setting(self, upload_id: str, token: str, *, offset: int, fields: dict[str, object]) -> None:
+        """Release the lock if ``token`` still holds it, first setting ``fields`` if the offset is still ``offset``."""
 
     @abc.abstractmethod
     def lock_holder(self, upload_id: str) -> str | None:

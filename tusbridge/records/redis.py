@@ -23,19 +23,16 @@ from .scripts import DirectScript
 
 # KEYS: record, lock, release wanted. ARGV: token, expected, new, now, expires_at|"",
 # auto_complete 1|0, length to set|"", the lock afterwards ("1" release, "0" hold, else
-# the ms to keep it for unless a release is wanted), a random id of this call, then
-# field/value pairs to set with the advance. Returns {status, offset, 1 if the lock is
-# kept}. Safe to run twice: the record keeps the id of the last advance, so a repeat of
-# a call that went through (only its reply was lost) reports the same outcome instead
-# of a mismatch; any other call is judged afresh.
+# the ms to keep it for), a random id of this call, then field/value pairs to set with
+# the advance. Returns {status, offset, lock kept: 0 no, 1 yes, 2 yes but another request
+# asked for the upload}. Safe to run twice: the record keeps the id of the last advance,
+# so a repeat of a call that went through (only its reply was lost) reports the same
+# outcome instead of a mismatch; any other call is judged afresh.
 _ADVANCE = """
 local function keep()
   if ARGV[8] == '1' or ARGV[8] == '0' or redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
-  if redis.call('EXISTS', KEYS[3]) == 1 then
-    redis.call('DEL', KEYS[2])
-    return 0
-  end
   redis.call('PEXPIRE', KEYS[2], ARGV[8])
+  if redis.call('EXISTS', KEYS[3]) == 1 then return 2 end
   return 1
 end
 local f = redis.call('HMGET', KEYS[1], 'state', 'offset', 'length', 'advance_id')
@@ -132,6 +129,16 @@ end
 return 0
 """
 
+# KEYS: lock, record. ARGV: token, offset, then field/value pairs to set first if the
+# record's offset is still that offset.
+_RELEASE_SETTING = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+if redis.call('HGET', KEYS[2], 'offset') == ARGV[2] then
+  for i = 3, #ARGV, 2 do redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1]) end
+end
+return redis.call('DEL', KEYS[1])
+"""
+
 # KEYS: lock. ARGV: token.
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -192,6 +199,7 @@ class RedisRecordStore(RecordStore):
         self._advance = DirectScript(client, _ADVANCE)
         self._refresh = DirectScript(client, _REFRESH)
         self._release = DirectScript(client, _RELEASE)
+        self._release_setting = client.register_script(_RELEASE_SETTING)
         self._acquire_and_get = DirectScript(client, _ACQUIRE_AND_GET)
         self._get_if_unlocked = DirectScript(client, _GET_IF_UNLOCKED)
         self._complete = client.register_script(_COMPLETE)
@@ -280,7 +288,9 @@ class RedisRecordStore(RecordStore):
                 *extra,
             ],
         )
-        result = AdvanceResult(AdvanceStatus(status.decode()), int(offset), lock_kept=bool(kept))
+        result = AdvanceResult(
+            AdvanceStatus(status.decode()), int(offset), lock_kept=kept > 0, release_wanted=kept == 2
+        )
         if result.status is AdvanceStatus.COMPLETED:
             self.unindex([upload_id])
         return result
@@ -385,6 +395,10 @@ class RedisRecordStore(RecordStore):
 
     def release_lock(self, upload_id: str, token: str) -> None:
         self._release(keys=[self.lock_key(upload_id)], args=[token])
+
+    def release_lock_setting(self, upload_id: str, token: str, *, offset: int, fields: dict[str, object]) -> None:
+        extra = [item for name, value in fields.items() for item in (name, encode_field(name, value))]
+        self._release_setting(keys=[self.lock_key(upload_id), self.record_key(upload_id)], args=[token, offset, *extra])
 
     def lock_holder(self, upload_id: str) -> str | None:
         token = self.client.get(self.lock_key(upload_id))
