@@ -11,10 +11,11 @@ saved in the record when the lock goes back, not with every advance.
 Nothing else can miss the lock for long:
 
 - another request that wants the upload asks for it (``request_release``),
-  and the next advance lets go instead of keeping;
+  and the holder lets go right after its next advance;
 - the lock goes back at the end of the next request, if that request did
-  not use it, and at once when it is for another path; no other request can
-  run on this thread meanwhile;
+  not use it, at once when it is for another method or path, and before
+  this thread asks for any lock; no other request can run on this thread
+  meanwhile;
 - the worker lets go when the connection goes quiet or closes.
 
 A connection whose kept lock went back unused when it went quiet stops
