@@ -44,7 +44,7 @@ from tests.fault_support import (
     tus_patch_request,
     upload_id_of,
 )
-from tests.live_support import HAS_PROC_NET, RawRequest, poll, wait_drained, wait_server_done
+from tests.live_support import HAS_PROC_NET, RawRequest, is_locked, poll, wait_drained, wait_server_done
 
 pytestmark = pytest.mark.live
 
@@ -155,10 +155,13 @@ def test_legacy_chunk_resent_while_the_old_connection_holds_the_upload(server: G
     first = legacy_chunk(server, user, None, 0, data[:chunk], len(data))
     assert first.status == 200, first.body
     upload_id = json_of(first)["upload_id"]
+    # The first chunk's thread may keep the lock while it waits for that connection's next request.
+    poll(lambda: not is_locked(server, upload_id) or None, "the first chunk's connection to let go")
 
     old, body = legacy_chunk_request(server, user, upload_id, chunk, data[chunk:], len(data))
     old.send(body[: len(body) // 2])
-    wait_drained(server, old)  # the old request has read what was sent and holds the upload
+    wait_drained(server, old)  # the old request has read what was sent...
+    poll(lambda: is_locked(server, upload_id) or None, "the old request to hold the upload")  # ...and holds it
 
     # The same chunk again, on a new connection: stored (were the old request not to let
     # go, this one would give up after TUSBRIDGE_LOCK_WAIT with 409).
