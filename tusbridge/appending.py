@@ -349,10 +349,7 @@ class AppendSession:
 
     def _let_go(self) -> None:
         """Release the lock, saving the running MD5 with it if the record does not have it yet."""
-        setting = None
-        if self.md5 is not None and not self.md5_stored and self.lock.token:
-            setting = (self.record.offset, md5state.stored_fields(self.md5, self.record.offset))
-        self.lock.release(setting=setting)
+        self.lock.release(unsaved_md5=None if self.md5_stored else self.md5, md5_offset=self.record.offset)
 
 
 class PendingAppend:

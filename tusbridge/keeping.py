@@ -36,8 +36,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from . import md5state
-
 if TYPE_CHECKING:
     from .locking import HeldLock
     from .md5state import ResumableMD5
@@ -144,12 +142,9 @@ def release() -> None:
 
 def _let_go(kept: KeptLock) -> None:
     """Release the lock, saving the running MD5 with it where the record does not have it yet."""
-    setting = None
-    if kept.md5 is not None and not kept.md5_stored:
-        kept.hash_unhashed()
-        setting = (kept.record.offset, md5state.stored_fields(kept.md5, kept.record.offset))
+    kept.hash_unhashed()
     try:
-        kept.lock.release(setting=setting)
+        kept.lock.release(unsaved_md5=None if kept.md5_stored else kept.md5, md5_offset=kept.record.offset)
     except Exception as exc:  # Redis unreachable: the lock's TTL frees the upload
         logger.warning("tusbridge: could not release the kept lock of upload %s: %s", kept.record.id, exc)
 

@@ -7,8 +7,9 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from . import errors, keeping
+from . import errors, keeping, md5state
 from .holders import holder_is_gone
+from .md5state import ResumableMD5
 from .record import UploadRecord
 from .records import RecordStore
 from .records.base import LockAttempt, ReleaseListener
@@ -76,19 +77,22 @@ class HeldLock:
         self.token = ""
         self.release()
 
-    def release(self, *, setting: tuple[int, dict[str, object]] | None = None) -> None:
+    def release(self, *, unsaved_md5: ResumableMD5 | None = None, md5_offset: int = 0) -> None:
         """Stop listening and let go; safe to call twice.
 
-        ``setting``: (offset, fields) to store with the release if the offset is still that.
+        ``unsaved_md5``: a running MD5 of the first ``md5_offset`` bytes that
+        the record does not hold yet; it is saved with the release if the
+        offset is still that.
         """
         if self._listener is not None:
             self._listener.close()
             self._listener = None
         if self.token:
-            if setting is None:
+            if unsaved_md5 is None:
                 self.records.release_lock(self.upload_id, self.token)
             else:
-                self.records.release_lock_setting(self.upload_id, self.token, offset=setting[0], fields=setting[1])
+                fields = md5state.stored_fields(unsaved_md5, md5_offset)
+                self.records.release_lock_setting(self.upload_id, self.token, offset=md5_offset, fields=fields)
             self.token = ""
 
 
