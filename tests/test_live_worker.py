@@ -13,6 +13,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import select
 import signal
 import socket
 import subprocess
@@ -22,8 +23,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import requests
 
 from tests.conftest import GunicornServer, free_port
+from tests.live_support import cookie_header, create, lock_key, patch, path_of, poll, upload_id_of
 
 pytestmark = pytest.mark.live
 
@@ -171,12 +174,14 @@ def test_a_client_closing_a_kept_alive_connection_is_seen_by_the_main_thread(
     assert _handovers(log) - before == 1
 
 
-def test_a_new_connection_with_its_request_waiting_is_served_without_a_wait(
+def test_a_new_connection_is_served_without_a_pool_thread_waiting_for_its_request(
     gunicorn_factory: Callable[..., GunicornServer], tmp_path: Path
 ) -> None:
-    """The request is on the socket before the worker accepts it (the worker is stopped meanwhile): no wait.
+    """No pool thread waits for a new connection's first bytes (gthread builds a selector per connection).
 
-    A client that stays silent at first still goes through gthread's wait, and is answered.
+    One request is on the socket before the worker accepts it (the worker is
+    stopped meanwhile); the other client stays silent at first, and the main
+    thread watches it until it sends. Each goes to a pool thread once.
     """
     log = tmp_path / "handovers"
     server = _server(gunicorn_factory, log, 0.0)
@@ -186,7 +191,7 @@ def test_a_new_connection_with_its_request_waiting_is_served_without_a_wait(
     whoami.close()
     request = f"GET /test-whoami/ HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\nConnection: close\r\n\r\n".encode()
 
-    before = _data_waits(log)
+    before = _handovers(log)
     os.kill(pid, signal.SIGSTOP)
     try:
         eager = socket.create_connection(("127.0.0.1", server.port), timeout=10)
@@ -194,13 +199,13 @@ def test_a_new_connection_with_its_request_waiting_is_served_without_a_wait(
     finally:
         os.kill(pid, signal.SIGCONT)
     assert _read_all(eager).startswith(b"HTTP/1.1 200 ")
-    assert _data_waits(log) - before == 0
 
     slow = socket.create_connection(("127.0.0.1", server.port), timeout=10)
     time.sleep(0.5)
     slow.sendall(request)
     assert _read_all(slow).startswith(b"HTTP/1.1 200 ")
-    assert _data_waits(log) - before == 1
+    assert _data_waits(log) == 0
+    assert _handovers(log) - before == 2
 
 
 @pytest.mark.parametrize(("size", "next_answered"), [(24_000, True), (100_000, False)])
@@ -272,3 +277,125 @@ def _wait_for_port(port: int, process: subprocess.Popen[bytes]) -> http.client.H
         except OSError:
             time.sleep(0.1)
     raise AssertionError("gunicorn did not start")
+
+
+# Short requests answered on the main thread ------------------------------------
+
+
+def _raw(server: GunicornServer, request: str, *parts: bytes) -> socket.socket:
+    """A new connection that sent ``request`` (and then ``parts``); nothing read yet."""
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+    sock.sendall(request.encode())
+    for part in parts:
+        time.sleep(0.3)
+        sock.sendall(part)
+    return sock
+
+
+def _response_head(sock: socket.socket) -> tuple[str, dict[str, str]]:
+    """The status line and headers of the next response (a HEAD's or an OPTIONS' has no body)."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        assert chunk, f"closed after {data!r}"
+        data += chunk
+    status, *lines = data.split(b"\r\n\r\n", 1)[0].decode("latin-1").split("\r\n")
+    return status, {name.lower(): value.strip() for name, _, value in (line.partition(":") for line in lines)}
+
+
+def _tus_head(server: GunicornServer, session: requests.Session, url: str, extra: str = "") -> str:
+    return (
+        f"HEAD {path_of(url)} HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\nTus-Resumable: 1.0.0\r\n"
+        f"Cookie: {cookie_header(session)}\r\n{extra}\r\n"
+    )
+
+
+Upload = tuple[GunicornServer, Path, str, requests.Session]
+
+
+@pytest.fixture
+def upload(gunicorn_factory: Callable[..., GunicornServer], tmp_path: Path) -> Upload:
+    """A one-worker server with the probe, a logged-in session and an upload holding 4 of its 10 bytes."""
+    log = tmp_path / "handovers"
+    server = _server(gunicorn_factory, log, 0.0)
+    session = server.login("main-thread")
+    url = create(server, session, 10)
+    assert patch(session, url, 0, b"abcd").status_code == 204
+    return server, log, url, session
+
+
+def test_head_and_options_are_answered_on_the_main_thread(upload: Upload) -> None:
+    """HEAD and OPTIONS on new and kept-alive connections never go to a pool thread; a GET does."""
+    server, log, url, session = upload
+    before = _handovers(log)
+    sock = _raw(server, _tus_head(server, session, url))
+    assert _response_head(sock)[1]["upload-offset"] == "4"
+    sock.sendall(_tus_head(server, session, url).encode())  # again, once the main thread polls it
+    status, headers = _response_head(sock)
+    assert (status, headers["upload-offset"]) == ("HTTP/1.1 200 OK", "4")
+    sock.close()
+    options = _raw(server, f"OPTIONS /files/ HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\n\r\n")
+    status, headers = _response_head(options)
+    assert (status, headers["tus-version"]) == ("HTTP/1.1 204 No Content", "1.0.0")
+    options.close()
+    assert _handovers(log) == before
+
+    _get(_connect(server))
+    assert _handovers(log) == before + 1
+
+
+def test_a_head_with_a_body_or_unfinished_headers_goes_to_a_pool_thread(
+    upload: Upload,
+) -> None:
+    """The main thread never reads a body or waits for the rest of a request: a pool thread does, and answers."""
+    server, log, url, session = upload
+    before = _handovers(log)
+    with_body = _raw(server, _tus_head(server, session, url, "Content-Length: 3\r\n") + "xyz")
+    for again in (False, True):  # then the same again on the kept-alive connection
+        if again:
+            with_body.sendall(_tus_head(server, session, url, "Content-Length: 3\r\n").encode() + b"xyz")
+        status, headers = _response_head(with_body)
+        assert (status, headers["upload-offset"]) == ("HTTP/1.1 200 OK", "4")
+    with_body.close()
+    assert _handovers(log) == before + 2
+
+    request = _tus_head(server, session, url)
+    cut = request.index("Tus-Resumable")
+    unfinished = _raw(server, request[:cut], request[cut:].encode())
+    status, headers = _response_head(unfinished)
+    assert (status, headers["upload-offset"]) == ("HTTP/1.1 200 OK", "4")
+    unfinished.close()
+    assert _handovers(log) == before + 3
+
+
+def test_a_head_that_must_wait_for_the_upload_moves_off_the_main_thread(
+    upload: Upload,
+) -> None:
+    """While a HEAD waits for another request to let go of its upload, the main thread answers others.
+
+    The lock is held by a holder that never lets go until the test removes
+    it, so the HEAD cannot be answered before; on the main thread it would
+    keep the OPTIONS unanswered for the whole lock wait (5 s).
+    """
+    server, log, url, session = upload
+    client = server.redis_client()
+    try:
+        assert client.set(lock_key(server, upload_id_of(url)), "someone-else", nx=True, px=120_000)
+        before = _handovers(log)
+        waiting = _raw(server, _tus_head(server, session, url))
+        poll(lambda: _handovers(log) > before or None, "the HEAD moving to a pool thread")
+        options = _raw(server, f"OPTIONS /files/ HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\n\r\n")
+        options.settimeout(3)
+        assert _response_head(options)[0] == "HTTP/1.1 204 No Content"
+        options.close()
+        assert select.select([waiting], [], [], 0)[0] == []  # not answered while the lock is held
+        client.delete(lock_key(server, upload_id_of(url)))
+    finally:
+        client.close()
+    for again in (False, True):  # the moved request, then another on the same connection
+        if again:
+            waiting.sendall(_tus_head(server, session, url).encode())
+        status, headers = _response_head(waiting)
+        assert (status, headers["upload-offset"]) == ("HTTP/1.1 200 OK", "4")
+    waiting.close()
+    assert _handovers(log) == before + 1

@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from . import errors, keeping, md5state
+from . import errors, inline, keeping, md5state
 from .holders import holder_is_gone
 from .md5state import ResumableMD5
 from .record import UploadRecord
@@ -156,6 +156,7 @@ def read_settled(
 
 def _ask_holder(records: RecordStore, upload_id: str, wait: float, deadline: float, next_request: float) -> float:
     """One turn of waiting for a busy upload: now and then, free a dead holder's lock or ask the holder; pause."""
+    inline.leave_before_waiting()  # a worker's main thread must not wait: the request moves to a pool thread
     now = time.monotonic()
     if now >= deadline:
         raise errors.Locked(f"Upload is busy: another request holds it and did not release it within {wait:g} s")

@@ -15,38 +15,64 @@ back to the main thread as in gthread. While it waits, the thread may keep
 the lock of the upload the last request wrote (``tusbridge.keeping``), so a
 legacy chunk that follows on the connection needs no lock request.
 
-Three smaller savings, each a few system calls or a thread wake-up per
+Short requests without a body (HEAD, OPTIONS: a tus client checking where
+its uploads stand) are answered on the main thread itself, as a sync worker
+answers everything, when the whole request is already on the socket. A
+burst of them on new connections then costs about what it costs a sync
+worker; passing each to a pool thread and back cost twice as much CPU per
+connection on the benchmark machine, most of it threads waking each other
+and handing the GIL over. The main thread also accepts connections and
+watches kept-alive ones, so a request there must not wait: one that would
+(tusbridge's HEAD of an upload another request is writing) leaves through
+``tusbridge.inline`` and is served again on a pool thread, and one with a
+body is passed on parsed. A new connection whose request has not arrived
+yet is watched by the main thread, not by a pool thread's own selector.
+
+Two smaller savings, each a few system calls or a thread wake-up per
 connection that gthread spends whatever the request:
 
-- a new connection whose request is already waiting (nearly all of them)
-  is served at once, where gthread first builds a selector to wait for it;
 - a body read to its end is not drained again after the response;
 - a kept-alive connection whose client closed it is closed by the main
   thread, which peeks at it, instead of going to a pool thread to read the
   end and coming back to be closed. Every browser connection ends so.
 
-Together they take about a quarter off the worker's CPU time per connection in
-a burst of short requests on new connections (a page of HEADs).
+Over TLS none of this applies (a peek sees records, not requests): a new
+connection whose first bytes are already there is served by a pool thread
+without gthread's wait for them, and the rest is as gthread does it.
 
 Use it as ``--worker-class tusbridge.workers.ThreadWorker`` with gunicorn
 24 or later (the gthread worker whose ``handle`` answers whether to keep the
-connection); with any other release it serves exactly as gthread does.
+connection); with any other release it serves exactly as gthread does. The
+main thread answers requests itself only where gthread already watches
+connections that have sent nothing yet (gunicorn 27 does).
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import select
+import selectors
 import socket
 import ssl
 import threading
+import time
+from concurrent import futures
+from functools import partial
 from typing import Any
 
 from django.core.exceptions import ImproperlyConfigured
 from gunicorn.http.body import LengthReader
+from gunicorn.workers import gthread
 from gunicorn.workers.gthread import ThreadWorker as GThreadWorker
 
-from . import conf, keeping
+from . import conf, inline, keeping
+
+# Requests the main thread answers itself when they have no body.
+MAIN_THREAD_METHODS = (b"HEAD ", b"OPTIONS ")
+# How much of a waiting request the main thread looks at: a request line and
+# headers that do not fit go to a pool thread, which may wait for the rest.
+HEAD_PEEK = 8192
 
 
 class ThreadWorker(GThreadWorker):
@@ -56,6 +82,89 @@ class ThreadWorker(GThreadWorker):
         super().__init__(*args, **kwargs)
         self._busy = 0
         self._busy_lock = threading.Lock()
+        # Where the main thread sorts connections itself (see the module's docstring).
+        self._sorts = hasattr(self, "pending_conns") and hasattr(self, "keepalived_conns") and not self.cfg.is_ssl
+
+    def accept(self, listener: Any) -> None:
+        """Take a new connection, and serve it or watch it (gthread: hand it to a pool thread at once)."""
+        if not self._sorts:
+            super().accept(listener)
+            return
+        try:
+            client, address = listener.accept()
+        except OSError as exc:
+            if exc.errno not in (errno.EAGAIN, errno.ECONNABORTED, errno.EWOULDBLOCK):
+                raise
+            return
+        self.nr_conns += 1
+        self._dispatch(gthread.TConn(self.cfg, client, address, listener.getsockname()))
+
+    def on_pending_socket_readable(self, conn: Any, client: Any) -> None:
+        """A new connection that had sent nothing turned readable."""
+        if self._sorts:
+            self._readable_again(conn, self.pending_conns)
+        else:
+            super().on_pending_socket_readable(conn, client)
+
+    def on_client_socket_readable(self, conn: Any, client: Any) -> None:
+        """A kept-alive connection turned readable: its next request came, or its client closed it."""
+        if self._sorts:
+            self._readable_again(conn, self.keepalived_conns)
+        else:
+            super().on_client_socket_readable(conn, client)
+
+    def _readable_again(self, conn: Any, watched: Any) -> None:
+        """Stop polling a connection the main thread watched (``watched``: its list), and sort it."""
+        self.poller.unregister(conn.sock)
+        watched.remove(conn)
+        self._dispatch(conn)
+
+    def _dispatch(self, conn: Any) -> None:
+        """Answer a short request here, pass anything else to a pool thread, watch a silent connection."""
+        waiting = _peek(conn.sock, HEAD_PEEK)
+        if waiting is None:
+            self._watch_until_it_sends(conn)
+        elif waiting == b"":
+            self.nr_conns -= 1  # the client closed it, without a request
+            conn.close()
+        elif waiting.startswith(MAIN_THREAD_METHODS) and b"\r\n\r\n" in waiting:
+            self._serve_here(conn)
+        else:
+            conn.data_ready = True  # gthread would build a selector to wait for it
+            self.enqueue_req(conn)
+
+    def _watch_until_it_sends(self, conn: Any) -> None:
+        """Poll a connection without a request yet, for as long as gthread gives one (its wait, then keep-alive)."""
+        data_wait = getattr(gthread, "DEFAULT_WORKER_DATA_TIMEOUT", 5.0)
+        conn.timeout = time.monotonic() + data_wait + self.cfg.keepalive
+        self.pending_conns.append(conn)
+        self.poller.register(conn.sock, selectors.EVENT_READ, partial(self.on_pending_socket_readable, conn))
+
+    def _serve_here(self, conn: Any) -> None:
+        """Answer the waiting request on the main thread, or pass it to a pool thread parsed (``handle_request``)."""
+        conn.data_ready = True
+        try:
+            with inline.serving():
+                keep = GThreadWorker.handle(self, conn)
+        except inline.MoveToPool as moved:
+            conn.parser = _Replay(conn, moved.request)
+            self.enqueue_req(conn)
+            return
+        done: futures.Future[Any] = futures.Future()
+        done.set_result(keep)
+        self.finish_request(conn, done)
+
+    def handle_request(self, req: Any, conn: Any) -> bool:
+        """Run the application; on the main thread, only for a request without a body that does not wait."""
+        if not inline.active():
+            return bool(super().handle_request(req, conn))
+        try:
+            if not _bodiless(req):
+                raise inline.MoveToPool  # its body may be slow to come
+            return bool(super().handle_request(req, conn))
+        except inline.MoveToPool as moved:
+            moved.request = req
+            raise
 
     def handle(self, conn: Any) -> Any:
         if _new_with_request_waiting(conn):
@@ -103,16 +212,18 @@ class ThreadWorker(GThreadWorker):
         # A closing client makes the socket readable too; the next handle() sees the end and closes.
         return bool(poller.poll(linger * 1000))
 
-    def on_client_socket_readable(self, conn: Any, client: Any) -> None:
-        """A kept-alive connection became readable: close it here if its client has gone, else serve it."""
-        keepalived = getattr(self, "keepalived_conns", None)  # gunicorn 24+; earlier releases as gthread
-        if keepalived is None or not _closed_by_peer(client):
-            super().on_client_socket_readable(conn, client)
-            return
-        self.poller.unregister(client)
-        keepalived.remove(conn)
-        self.nr_conns -= 1
-        conn.close()
+
+class _Replay:
+    """A connection's parser that first gives back the request the main thread already parsed."""
+
+    def __init__(self, conn: Any, request: Any) -> None:
+        self._conn = conn
+        self._parser = conn.parser
+        self._request = request
+
+    def __next__(self) -> Any:
+        self._conn.parser = self._parser
+        return self._request
 
 
 def _keeping_state(conn: Any) -> keeping.Connection:
@@ -129,6 +240,12 @@ def _new_with_request_waiting(conn: Any) -> bool:
     return fresh and _peek(conn.sock) is not None
 
 
+def _bodiless(req: Any) -> bool:
+    """Whether a request came without a body (no length, or a length of 0)."""
+    reader = getattr(req.body, "reader", None)
+    return type(reader) is LengthReader and reader.length == 0
+
+
 def _body_read(parser: Any) -> bool:
     """Whether the current request's body of known length was read to its end (none left to drain)."""
     body = getattr(getattr(parser, "mesg", None), "body", None)
@@ -137,20 +254,15 @@ def _body_read(parser: Any) -> bool:
     return type(reader) is LengthReader and reader.length == 0 and buffered is not None and not buffered.tell()
 
 
-def _closed_by_peer(sock: socket.socket) -> bool:
-    """Whether the peer closed (or reset) the connection without sending anything more."""
-    return _peek(sock) == b""
-
-
-def _peek(sock: socket.socket) -> bytes | None:
-    """The first byte waiting on ``sock``, b"" once the peer closed or reset it, None if none yet; never blocks.
+def _peek(sock: socket.socket, size: int = 1) -> bytes | None:
+    """Up to ``size`` bytes waiting on ``sock``, b"" once the peer closed or reset it, None if none yet; never blocks.
 
     TLS sockets always give None: a peek there sees records, not requests.
     """
     if isinstance(sock, ssl.SSLSocket):
         return None
     try:
-        return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        return sock.recv(size, socket.MSG_PEEK | socket.MSG_DONTWAIT)
     except (BlockingIOError, InterruptedError):
         return None
     except OSError:
