@@ -19,6 +19,7 @@ import requests
 from tests.legacy_helpers import payload
 from tests.live_support import data_of, is_locked, poll, record_of
 from tests.test_legacy_live import CHUNK, logged_in, send_chunk, send_complete
+from tusbridge import keeping
 from tusbridge.records.redis import _ACQUIRE_AND_GET
 
 if TYPE_CHECKING:
@@ -134,16 +135,34 @@ def test_the_lock_goes_back_when_the_connection_ends(gunicorn_server: GunicornSe
     poll(lambda: not is_locked(gunicorn_server, upload_id) or None, "the kept lock to go back", timeout=LINGER * 10)
 
 
-def test_a_connection_whose_kept_lock_went_unused_stops_keeping(gunicorn_server: GunicornServer) -> None:
-    """The next chunk came after the linger: later chunks on that connection let go of the lock at once."""
+def test_a_connection_whose_kept_lock_went_unused_pauses_keeping(gunicorn_server: GunicornServer) -> None:
+    """The next chunk came after the linger: the chunk after it lets go at once, and the one after keeps again.
+
+    Twice, with a used kept lock in between: the second miss pauses keeping
+    as briefly as the first (a miss in a row would pause it for longer).
+    """
     server = gunicorn_server
-    session, token, data, upload_id = started(server, "kept-late", chunks=3, seed=18)
-    poll(lambda: not is_locked(server, upload_id) or None, "the linger to end", timeout=LINGER * 10)
-    response = send_chunk(server, session, token, data, CHUNK, upload_id)  # same connection (keep-alive 2 s)
-    assert response.status_code == 200, response.text
-    assert not is_locked(server, upload_id)  # a kept lock would be held for the next LINGER seconds
+    session, token, data, upload_id = started(server, "kept-late", chunks=8, seed=18)
+    offset = CHUNK
+    for _ in range(2):
+        poll(lambda: not is_locked(server, upload_id) or None, "the linger to end", timeout=LINGER * 10)
+        for kept_after in (False, True, True):  # a late chunk, then two at once (the second uses the kept lock)
+            response = send_chunk(server, session, token, data, offset, upload_id)  # same connection
+            assert response.status_code == 200, response.text
+            assert is_locked(server, upload_id) is kept_after  # a kept lock is held for the next LINGER seconds
+            offset += CHUNK
     upload_in_chunks(server, session, token, data, upload_id)
     assert data_of(server, upload_id) == data
+
+
+def test_misses_in_a_row_pause_keeping_for_longer() -> None:
+    """Each miss in a row doubles the pause (in requests), up to 64."""
+    state = keeping.Connection()
+    pauses = []
+    for _ in range(8):
+        state.missed()
+        pauses.append(state.keeps_from - state.requests)
+    assert pauses == [2, 4, 8, 16, 32, 64, 64, 64]
 
 
 @pytest.mark.parametrize("then", ["complete", "tus-head", "other-upload"])

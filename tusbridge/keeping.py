@@ -18,11 +18,15 @@ Nothing else can miss the lock for long:
   meanwhile;
 - the worker lets go when the connection goes quiet or closes.
 
-A connection whose kept lock went back unused when it went quiet stops
-keeping: its client does not send the next chunk at once (a browser that
-takes its time, or a balancer that sends the next request elsewhere), so
-keeping would only cost it a release and make a request on another
-connection wait. Only a thread that a worker marked with ``connection()``
+A connection whose kept lock went back unused when it went quiet pauses
+keeping: its client did not send the next chunk at once (a browser that
+takes its time, a balancer that sends the next request elsewhere, or a busy
+machine that delayed the client once), so keeping would only cost it a
+release and make a request on another connection wait. The pause doubles
+with every miss in a row (2, 4, ... up to 64 requests), and a kept lock
+that is used again ends it: a client that is late only now and then keeps
+the saving, and one that is always late pays a release once in 64 requests.
+Only a thread that a worker marked with ``connection()``
 keeps locks: under any other server every request lets go of its lock at
 commit, as before.
 """
@@ -68,10 +72,22 @@ class KeptLock:
         self.unhashed = []
 
 
+# The longest pause of keeping after misses in a row, as a power of two (64 requests).
+_MAX_PAUSE_DOUBLINGS = 6
+
+
 class Connection:
     """What keeping learnt about one connection, kept by the worker as long as the connection lives."""
 
-    keeps = True
+    def __init__(self) -> None:
+        self.requests = 0  # requests started on the connection
+        self.misses = 0  # kept locks in a row that went back unused
+        self.keeps_from = 0  # the first request that may keep its lock again
+
+    def missed(self) -> None:
+        """A kept lock went back unused: pause keeping, for twice as long as after the last miss."""
+        self.misses += 1
+        self.keeps_from = self.requests + 2 ** min(self.misses, _MAX_PAUSE_DOUBLINGS)
 
 
 class _Thread(threading.local):
@@ -89,7 +105,7 @@ _thread = _Thread()
 def connection(state: Connection) -> Iterator[None]:
     """Serve requests of the connection ``state`` describes on this thread; let go at the end.
 
-    A lock still kept at the end went unused: the connection stops keeping.
+    A lock still kept at the end went unused: the connection pauses keeping.
     """
     _thread.connection = state
     try:
@@ -97,13 +113,14 @@ def connection(state: Connection) -> Iterator[None]:
     finally:
         _thread.connection = None
         if _thread.kept is not None:
-            state.keeps = False
+            state.missed()
             release()
 
 
 def allowed() -> bool:
     """Whether a request on this thread may keep its lock for the next one."""
-    return _thread.connection is not None and _thread.connection.keeps
+    state = _thread.connection
+    return state is not None and state.requests >= state.keeps_from
 
 
 def keep(kept: KeptLock) -> None:
@@ -130,6 +147,8 @@ def claim(upload_id: str, offset: int) -> KeptLock | None:
         _let_go(kept)
         return None
     kept.hash_unhashed()
+    if _thread.connection is not None:
+        _thread.connection.misses = 0
     return kept
 
 
@@ -153,6 +172,8 @@ def request_started(sender: Any, environ: dict[str, Any] | None = None, **kwargs
     """Django's ``request_started``: a kept lock stays only for a request of the same method to the same path."""
     environ = environ or {}
     _thread.requests += 1
+    if _thread.connection is not None:
+        _thread.connection.requests += 1
     _thread.method, _thread.path = environ.get("REQUEST_METHOD", ""), environ.get("PATH_INFO", "")
     kept = _thread.kept
     if kept is not None and (kept.method, kept.path) != (_thread.method, _thread.path):
