@@ -12,7 +12,8 @@ Modes (each prints one JSON object on stdout):
 ``tus``     create + PATCH uploads (``--parallel`` of them at once, each on its own connection)
 ``legacy``  django-chunked-upload chunks (multipart, fields first, Content-Range), then the md5 completion POST
 ``heads-setup``  create ``--count`` idle uploads holding ``--size`` bytes each (prints them)
-``heads``   HEAD those uploads all at once, one open connection each (``--uploads``: heads-setup's output)
+``heads``   HEAD those uploads all at once, one open connection each (``--uploads``: heads-setup's output),
+            ``--bursts`` times; the figures are the medians over the bursts
 
 Times are ``time.perf_counter`` seconds. ``wall`` runs from the first byte of
 the first timed request to the last byte of the last response.
@@ -27,6 +28,7 @@ import json
 import os
 import selectors
 import socket
+import statistics
 import sys
 import threading
 import time
@@ -316,17 +318,42 @@ def run_heads_setup(args: argparse.Namespace) -> dict:
 
 
 def run_heads(args: argparse.Namespace) -> dict:
-    """HEAD every upload that ``heads-setup`` made (``--uploads``, its output) at once."""
+    """HEAD every upload that ``heads-setup`` made (``--uploads``, its output) at once, ``--bursts`` times.
+
+    Each figure is the median over the bursts: one burst of 200 HEADs lasts
+    a few tens of milliseconds, so a single one mostly measures what else the
+    machine was doing at that moment.
+    """
     made = json.loads(Path(args.uploads).read_text()) if args.uploads else run_heads_setup(args)
     if not made.get("ok"):
         return made
     uploads = [(u["path"], u["filename"]) for u in made["uploads"]]
+    parts = urlsplit(args.url)
+    host, port = parts.hostname or "127.0.0.1", parts.port or 80
+    bursts = []
+    for index in range(args.bursts):
+        if index:
+            time.sleep(0.2)  # the last burst's connections are closed on both ends
+        burst = _heads_burst(uploads, host, port, args.size)
+        if not burst["ok"]:
+            return burst
+        bursts.append(burst)
+    return {
+        "ok": True,
+        "errors": [],
+        "bytes": 0,
+        "requests": sum(b["requests"] for b in bursts),
+        "bursts": len(bursts),
+        **{key: statistics.median(b[key] for b in bursts) for key in ("wall", "completion_latency", "p50", "p99")},
+        "uploads": [{"id": p.rstrip("/").rsplit("/", 1)[-1], "filename": f, "size": args.size} for p, f in uploads],
+    }
 
+
+def _heads_burst(uploads: list[tuple[str, str]], host: str, port: int, size: int) -> dict:
+    """One HEAD on each upload, every one on its own connection, all sent at once."""
     # All connections are open before the clock starts; one thread then sends every
     # HEAD and timestamps each response as it arrives (selectors), so the latency
     # is the server's, not this client's thread scheduling.
-    parts = urlsplit(args.url)
-    host, port = parts.hostname or "127.0.0.1", parts.port or 80
     errors: list[str] = []
     socks = []
     try:
@@ -371,6 +398,7 @@ def run_heads(args: argparse.Namespace) -> dict:
                 # sync worker lingers (up to 2 s) until the client closes its side.
                 key.fileobj.close()
                 pending -= 1
+    selector.close()
     for sock in socks:
         sock.close()
     for index, raw in enumerate(received):
@@ -378,7 +406,7 @@ def run_heads(args: argparse.Namespace) -> dict:
         fields = dict(
             (line.split(":", 1)[0].strip().lower(), line.split(":", 1)[1].strip()) for line in head[1:] if ":" in line
         )
-        if not head[0].startswith("HTTP/1.1 200") or fields.get("upload-offset") != str(args.size):
+        if not head[0].startswith("HTTP/1.1 200") or fields.get("upload-offset") != str(size):
             errors.append(f"HEAD {uploads[index][0]}: {head[0]!r} offset {fields.get('upload-offset')}")
     done = sorted(x for x in latencies if x is not None)
     if errors or len(done) != len(uploads):
@@ -387,17 +415,13 @@ def run_heads(args: argparse.Namespace) -> dict:
     def pct(q: float) -> float:
         return done[min(len(done) - 1, max(0, round(q * len(done)) - 1))]
 
-    wall = ended - began
     return {
         "ok": True,
-        "errors": [],
-        "bytes": 0,
         "requests": len(done),
-        "wall": wall,
+        "wall": ended - began,
         "completion_latency": max(done),
         "p50": pct(0.50),
         "p99": pct(0.99),
-        "uploads": [{"id": p.rstrip("/").rsplit("/", 1)[-1], "filename": f, "size": args.size} for p, f in uploads],
     }
 
 
@@ -414,6 +438,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--name", default="bench", help="file name stem sent to the server")
     parser.add_argument("--buffer", type=int, default=DEFAULT_BUFFER, help="send buffer in bytes")
     parser.add_argument("--uploads", default="", help="heads: the JSON that heads-setup printed (else set up first)")
+    parser.add_argument("--bursts", type=int, default=5, help="heads: bursts measured (figures are their medians)")
     args = parser.parse_args(argv)
     run = {"tus": run_tus, "legacy": run_legacy, "heads-setup": run_heads_setup, "heads": run_heads}[args.mode]
     try:

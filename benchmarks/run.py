@@ -739,7 +739,7 @@ def prepare_heads(cmd: list[str], timeout: float) -> tuple[list[str], dict | Non
     uploads = DATA / "run" / "heads.json"
     uploads.write_text(json.dumps(made))
     heads = [*cmd, "--uploads", str(uploads)]
-    warm_up, _ = run_client(heads, timeout)
+    warm_up, _ = run_client([*heads, "--bursts", "1"], timeout)
     return heads, None if warm_up.get("ok") else warm_up
 
 
