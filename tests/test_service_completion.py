@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
+import random
 import re
 from pathlib import Path
 from typing import Any
@@ -26,7 +28,9 @@ from tests.tus_helpers import (
     tus,
     upload_id_of,
 )
-from tusbridge import errors
+from tusbridge import errors, keeping, locking
+from tusbridge.appending import MAX_DEFERRED_MD5
+from tusbridge.md5state import ResumableMD5
 from tusbridge.record import State
 from tusbridge.service import UploadService, get_service
 
@@ -242,3 +246,24 @@ def test_a_failing_receiver_does_not_fail_the_completion(
     assert later == [b"hello"]  # connected after the failing receiver, and still called
     assert "the project's database is locked" in caplog.text
     assert get_service().records.get(upload_id_of(url)).state is State.COMPLETE
+
+
+@pytest.mark.parametrize("size", [MAX_DEFERRED_MD5, 3 * MAX_DEFERRED_MD5 + 12_345])
+def test_a_chunk_on_a_kept_lock_is_hashed_after_its_response_only_up_to_a_mebibyte(size: int) -> None:
+    """Up to MAX_DEFERRED_MD5 bytes wait to be hashed after the response; a longer chunk is hashed as it is written."""
+    service = get_service()
+    data = random.Random(5).randbytes(size)
+    record = service.create(owner="7", protocol="legacy", length=size)
+    lock, record = locking.acquire(service.records, record.id, ttl=30, wait=0)
+    md5 = ResumableMD5()
+    session = service.resume_append(keeping.KeptLock(lock, record, md5), "7", auto_complete=False)
+    view = memoryview(data)
+    for start in range(0, size, 65_536):
+        session.write(view[start : start + 65_536])
+    waiting = sum(map(len, session.unhashed or []))
+    assert waiting == (size if size <= MAX_DEFERRED_MD5 else 0)
+    if not waiting:
+        assert md5.hexdigest() == hashlib.md5(data).hexdigest()  # every byte hashed, in order, before the commit
+    session.commit()
+    assert md5.hexdigest() == hashlib.md5(data).hexdigest()
+    assert data_of(record.id) == data

@@ -19,6 +19,12 @@ logger = logging.getLogger("tusbridge")
 
 T = TypeVar("T")
 
+# A chunk that goes on with a kept lock is hashed after its response, while the
+# client prepares the next one, if it is no longer than this; a longer one is
+# hashed as it is written. Hashing a large chunk later saves the client nothing
+# (its next chunk is on the way already, and waits) and costs a copy of it.
+MAX_DEFERRED_MD5 = 1 << 20
+
 if TYPE_CHECKING:
     from .service import UploadService
 
@@ -90,6 +96,7 @@ class AppendSession:
         # With ``defer_md5`` the bytes are hashed after the response, while the
         # lock is kept (``keeping``); until then they wait here.
         self.unhashed: list[bytes] | None = [] if defer_md5 and md5 is not None else None
+        self.deferred = 0  # bytes put in ``unhashed`` so far; beyond MAX_DEFERRED_MD5 they are hashed at once
         # Whether the record holds ``md5``'s state at ``record.offset`` (a kept lock's may not, yet).
         self.md5_stored = md5_stored
         self.new = new
@@ -132,9 +139,11 @@ class AppendSession:
         self.lock.keep_alive()
         self.writer.write(data)
         if self.md5 is not None and not hashed:
-            if self.unhashed is not None:
+            if self.unhashed is not None and self.deferred < MAX_DEFERRED_MD5:
                 self.unhashed.append(data if type(data) is bytes else bytes(data))
+                self.deferred += len(data)
             else:
+                self._hash_waiting()
                 self.md5.update(data)
 
     def adopt_md5(self, md5: ResumableMD5, base: bytes) -> bool:
@@ -319,11 +328,16 @@ class AppendSession:
         finally:
             self._close()
 
-    def _hash_unhashed(self) -> None:
-        """Hash the bytes waiting for it; the MD5 is then current again."""
-        if self.unhashed is not None and self.md5 is not None:
+    def _hash_waiting(self) -> None:
+        """Hash the bytes waiting for it, in order, before any that follow them."""
+        if self.unhashed and self.md5 is not None:
             for data in self.unhashed:
                 self.md5.update(data)
+            self.unhashed.clear()
+
+    def _hash_unhashed(self) -> None:
+        """Hash the bytes waiting for it and stop deferring; the MD5 is then current again."""
+        self._hash_waiting()
         self.unhashed = None
 
     def _keep(self) -> None:

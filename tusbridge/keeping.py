@@ -5,8 +5,9 @@ and under ``tusbridge.workers.ThreadWorker`` the thread that answered a chunk
 waits a moment for the next one on that connection. Keeping the upload's lock
 (with the record as it stands and the running MD5) over that moment saves the
 next chunk a round trip to Redis before its first byte is written. The chunk
-that follows is hashed after its response is out, and the MD5's state is
-saved in the record when the lock goes back, not with every advance.
+that follows is hashed after its response is out (if it is short: see
+``appending.MAX_DEFERRED_MD5``), and the MD5's state is saved in the record
+when the lock goes back, not with every advance.
 
 Nothing else can miss the lock for long:
 
