@@ -342,7 +342,7 @@ def run_heads(args: argparse.Namespace) -> dict:
         "ok": True,
         "errors": [],
         "bytes": 0,
-        "requests": sum(b["requests"] for b in bursts),
+        "requests": len(uploads),  # per burst, so that requests / wall is a median burst's rate
         "bursts": len(bursts),
         **{key: statistics.median(b[key] for b in bursts) for key in ("wall", "completion_latency", "p50", "p99")},
         "uploads": [{"id": p.rstrip("/").rsplit("/", 1)[-1], "filename": f, "size": args.size} for p, f in uploads],

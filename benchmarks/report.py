@@ -140,7 +140,8 @@ def build(results: dict) -> tuple[str, dict]:
         if scenario["protocol"] == "heads":
             lines += [
                 f"{scenario['count']} idle uploads, each holding {size_text(scenario['size'])}; one HEAD each, "
-                "all sent at once on their own (already open) connections.",
+                "all sent at once on their own (already open) connections. Each run measures 5 such bursts after "
+                "an unmeasured one; p50 and p99 are the medians over its bursts, the other figures cover all 5.",
                 "",
                 "| server | p50 ms | p99 ms | p99 min–max | req/s | peak RSS MiB | CPU s | p99 × ceiling "
                 "| RSS × ceiling | CPU × ceiling | client CPU s | sha256 |",
