@@ -76,7 +76,7 @@ HEAD_PEEK = 8192
 
 
 class ThreadWorker(GThreadWorker):
-    """gthread, where the thread that answered a kept-alive request waits briefly for the next."""
+    """gthread with fewer hand-overs: the main thread answers short requests, a pool thread waits for the next one."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
