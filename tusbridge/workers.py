@@ -44,7 +44,7 @@ Use it as ``--worker-class tusbridge.workers.ThreadWorker`` with gunicorn
 24 or later (the gthread worker whose ``handle`` answers whether to keep the
 connection); with any other release it serves exactly as gthread does. The
 main thread answers requests itself only where gthread already watches
-connections that have sent nothing yet (gunicorn 27 does).
+connections that have sent nothing yet (gunicorn 26 and later).
 """
 
 from __future__ import annotations
@@ -107,8 +107,13 @@ class ThreadWorker(GThreadWorker):
             super().on_pending_socket_readable(conn, client)
 
     def on_client_socket_readable(self, conn: Any, client: Any) -> None:
-        """A kept-alive connection turned readable: its next request came, or its client closed it."""
-        if self._sorts:
+        """A kept-alive connection turned readable: its next request came, or its client closed it.
+
+        Where the main thread does not sort connections (TLS, gunicorn before
+        26) it still closes one whose client closed it, instead of passing it
+        to a pool thread to find the end.
+        """
+        if self._sorts or (hasattr(self, "keepalived_conns") and _peek(client) == b""):
             self._readable_again(conn, self.keepalived_conns)
         else:
             super().on_client_socket_readable(conn, client)
