@@ -127,6 +127,7 @@ for _name, _convert in (
     ("MAX_UPLOADS_PER_USER", int),
     ("MAX_BYTES_PER_USER", int),
     ("REDIS_TIMEOUT", float),
+    ("REDIS_MAX_CONNECTIONS", int),
     ("KEEPALIVE_LINGER", float),
 ):
     if f"TUSBRIDGE_TEST_{_name}" in os.environ:

@@ -95,6 +95,9 @@ def _check_numbers() -> list[CheckMessage]:
         value = conf.get(name)
         if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
             messages.append(Error(f"TUSBRIDGE_{name} must be a positive number of seconds.", id="tusbridge.E005"))
+    max_connections = conf.get("REDIS_MAX_CONNECTIONS")
+    if not isinstance(max_connections, int) or isinstance(max_connections, bool) or max_connections < 4:
+        messages.append(Error("TUSBRIDGE_REDIS_MAX_CONNECTIONS must be an integer of at least 4.", id="tusbridge.E011"))
     read_size = conf.get("READ_SIZE")
     if not isinstance(read_size, int) or not 4096 <= read_size <= 1024 * 1024:
         messages.append(Error("TUSBRIDGE_READ_SIZE must be an integer from 4096 to 1048576.", id="tusbridge.E006"))

@@ -22,6 +22,9 @@ DEFAULTS: dict[str, Any] = {
     "REDIS_URL": "redis://127.0.0.1:6379/0",
     # Seconds a Redis command may take before the request answers 503.
     "REDIS_TIMEOUT": 5.0,
+    # Connections to Redis one process opens at most, however many requests
+    # are in flight; a request that finds them all busy waits (up to the timeout).
+    "REDIS_MAX_CONNECTIONS": 16,
     # Prefix of every Redis key, so that several sites can share one server.
     "KEY_PREFIX": "tusbridge",
     # Directory that holds the data files of unfinished uploads.

@@ -21,10 +21,6 @@ class HeldLock:
     """A lock this request holds: renewed while a long body streams in, and
     listening for other requests that want the upload."""
 
-    # A request shorter than this never subscribes to release requests; a
-    # waiting request repeats its request, so it is heard once we listen.
-    LISTEN_AFTER = 0.2
-
     def __init__(
         self, records: RecordStore, upload_id: str, token: str, ttl: float, requested_at: float | None = None
     ) -> None:
@@ -33,8 +29,12 @@ class HeldLock:
         self.upload_id = upload_id
         self.token = token
         self.ttl = ttl
-        self._acquired = self._renewed = time.monotonic() if requested_at is None else requested_at
+        self._renewed = time.monotonic() if requested_at is None else requested_at
         self._listener: ReleaseListener | None = None
+
+    def needs_renewal(self) -> bool:
+        """Whether ``keep_alive`` would ask the store (a third of the TTL has passed)."""
+        return time.monotonic() - self._renewed >= self.ttl / 3
 
     def keep_alive(self) -> None:
         """Renew once a third of the TTL has passed; raise LockLost if someone else has it now."""
@@ -46,7 +46,7 @@ class HeldLock:
         self._renewed = now
 
     def resumed(self) -> None:
-        """A new request goes on with the lock kept from the last one; it listens only if it runs long.
+        """A new request goes on with the lock kept from the last one, and watches afresh.
 
         Release requests made meanwhile are not lost: each one also marks the
         upload for the next advance (see ``RecordStore.advance``).
@@ -54,7 +54,6 @@ class HeldLock:
         if self._listener is not None:
             self._listener.close()
             self._listener = None
-        self._acquired = time.monotonic()
 
     def renewed(self, at: float) -> None:
         """The store renewed the lock for a whole TTL with a call sent at ``at`` (time.monotonic())."""
@@ -67,8 +66,7 @@ class HeldLock:
     def release_requested(self) -> bool:
         """True when another request asked for the upload (a client that reconnected)."""
         if self._listener is None:
-            if time.monotonic() - self._acquired < self.LISTEN_AFTER:
-                return False
+            # Watching costs no round trip: the process's one subscription hears every release request.
             self._listener = self.records.listen_for_release(self.upload_id)
         return self._listener.requested()
 

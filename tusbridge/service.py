@@ -806,10 +806,11 @@ setting_changed.connect(_forget_service, dispatch_uid="tusbridge.service")
 
 def _build_service() -> UploadService:
     url, timeout, prefix = conf.get("REDIS_URL"), float(conf.get("REDIS_TIMEOUT")), conf.get("KEY_PREFIX")
-    key = (url, timeout, prefix)
+    max_connections = int(conf.get("REDIS_MAX_CONNECTIONS"))
+    key = (url, timeout, prefix, max_connections)
     records = _stores.get(key)
     if records is None:
-        records = _stores[key] = RedisRecordStore(client_for(url, timeout), prefix)
+        records = _stores[key] = RedisRecordStore(client_for(url, timeout, max_connections), prefix)
     return UploadService(
         records,
         FileSystemDataStore(conf.upload_dir(), fsync=bool(conf.get("FSYNC"))),

@@ -8,9 +8,12 @@ a script, for the same reason.
 
 from __future__ import annotations
 
+import logging
+import os
 import secrets
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -20,6 +23,8 @@ from ..holders import new_token
 from ..record import State, UploadRecord, encode_field
 from .base import AdvanceResult, AdvanceStatus, LockAttempt, RecordStore, ReleaseListener
 from .scripts import DirectScript
+
+logger = logging.getLogger("tusbridge")
 
 # KEYS: record, lock, release wanted. ARGV: token, expected, new, now, expires_at|"",
 # auto_complete 1|0, length to set|"", the lock afterwards ("1" release, "0" hold, else
@@ -152,43 +157,145 @@ return 0
 _TOO_LATE = -1
 _ASKS_WHEN_LATE = 3
 
-_clients: dict[tuple[str, float], redis.Redis] = {}
+_clients: dict[tuple[str, float, int], redis.Redis] = {}
 _clients_lock = threading.Lock()
 
 
-def client_for(url: str, timeout: float) -> redis.Redis:
-    """One connection pool per URL and timeout, shared by the threads of a process."""
-    key = (url, timeout)
+def client_for(url: str, timeout: float, max_connections: int = 16) -> redis.Redis:
+    """One client per URL, timeout and connection budget, shared by the requests of a process.
+
+    A process opens at most ``max_connections`` connections to Redis,
+    whatever the number of requests in flight: half for redis-py's pool
+    (which also lends the one subscription to release requests), half for
+    the scripts sent directly (see ``scripts.py``). A request that finds them
+    all busy waits for one, up to ``timeout``, instead of failing at once.
+    """
+    key = (url, timeout, max_connections)
     with _clients_lock:
         client = _clients.get(key)
         if client is None:
-            client = redis.Redis.from_url(
+            pool = redis.BlockingConnectionPool.from_url(
                 url,
+                max_connections=max(2, max_connections // 2),
+                timeout=timeout,
                 socket_timeout=timeout,
                 socket_connect_timeout=timeout,
                 health_check_interval=30,
             )
-            _clients[key] = client
+            client = _clients[key] = redis.Redis(connection_pool=pool)
         return client
 
 
-class PubSubReleaseListener(ReleaseListener):
-    """A subscription to one upload's release channel, polled without blocking."""
+class ReleaseWatch(ReleaseListener):
+    """One lock holder's interest in release requests for its upload, fed by ``ReleaseRequests``."""
 
-    def __init__(self, client: redis.Redis, channel: str) -> None:
-        self._pubsub = client.pubsub(ignore_subscribe_messages=True)
-        self._pubsub.subscribe(channel)
+    def __init__(self, requests: ReleaseRequests, upload_id: str) -> None:
+        self._requests = requests
+        self.upload_id = upload_id
         self._requested = False
 
     def requested(self) -> bool:
-        if not self._requested:
-            while (message := self._pubsub.get_message(timeout=0.0)) is not None:
-                if message.get("type") == "message":
-                    self._requested = True
         return self._requested
 
     def close(self) -> None:
-        self._pubsub.close()
+        self._requests.unwatch(self)
+
+
+class ReleaseRequests:
+    """The process's one subscription to release requests, handed to the lock holders that watch for them.
+
+    A connection per holder would tie Redis connections to the number of
+    uploads in flight; here a process holds one, whatever that number, and
+    only while some request of the process holds a lock (and a few seconds
+    after, so that back-to-back requests do not resubscribe). A message
+    that arrives while the subscription is down is not lost for long: a
+    waiting request repeats its release request until the holder lets go.
+    """
+
+    # How long the subscription outlives the last watch, and how often its thread looks up.
+    LINGER = 5.0
+    POLL = 0.5
+
+    def __init__(self, client: redis.Redis, channel_prefix: str) -> None:
+        self._client = client
+        self._prefix = channel_prefix
+        self._pattern = _glob_escape(channel_prefix) + "*"
+        # Weak, so that a holder dropped without closing its watch (an error path) is not kept.
+        self._watches: dict[str, weakref.WeakSet[ReleaseWatch]] = {}
+        self._lock = threading.Lock()
+        self._running_in: int | None = None  # the PID whose thread is subscribed
+        self._idle_since = time.monotonic()
+
+    def watch(self, upload_id: str) -> ReleaseWatch:
+        watch = ReleaseWatch(self, upload_id)
+        with self._lock:
+            self._watches.setdefault(upload_id, weakref.WeakSet()).add(watch)
+            if self._running_in != os.getpid():
+                self._running_in = os.getpid()
+                threading.Thread(target=self._run, name="tusbridge-release-requests", daemon=True).start()
+        return watch
+
+    def unwatch(self, watch: ReleaseWatch) -> None:
+        with self._lock:
+            watches = self._watches.get(watch.upload_id)
+            if watches is not None:
+                watches.discard(watch)
+                if not watches:
+                    del self._watches[watch.upload_id]
+                    if not any(self._watches.values()):
+                        self._idle_since = time.monotonic()
+
+    @property
+    def watching(self) -> int:
+        """How many holders of this process listen now."""
+        with self._lock:
+            return sum(len(w) for w in self._watches.values())
+
+    def _deliver(self, channel: bytes | str) -> None:
+        name = channel.decode() if isinstance(channel, bytes) else channel
+        upload_id = name[len(self._prefix) :].strip("{}")
+        with self._lock:
+            for watch in self._watches.get(upload_id, ()):
+                watch._requested = True
+
+    def _done(self) -> bool:
+        """True (and the thread's turn is over) once nobody has watched for LINGER seconds, or after a fork."""
+        with self._lock:
+            if self._running_in != os.getpid():
+                return True
+            for upload_id in [u for u, w in self._watches.items() if not w]:
+                del self._watches[upload_id]
+            if self._watches or time.monotonic() - self._idle_since < self.LINGER:
+                return False
+            self._running_in = None
+            return True
+
+    def _run(self) -> None:
+        backoff = 0.1
+        failing = False
+        while not self._done():
+            pubsub = self._client.pubsub(ignore_subscribe_messages=True)
+            try:
+                pubsub.psubscribe(self._pattern)
+                backoff, failing = 0.1, False
+                while not self._done():
+                    message = pubsub.get_message(timeout=self.POLL)
+                    if message is not None and message.get("type") == "pmessage":
+                        self._deliver(message["channel"])
+                return
+            except (redis.exceptions.RedisError, OSError) as exc:
+                if not failing:
+                    logger.warning("tusbridge: release requests not heard (%s); subscribing again", exc)
+                failing = True
+            finally:
+                pubsub.close()
+            time.sleep(backoff)
+            backoff = min(backoff * 2, 2.0)
+
+
+def _glob_escape(text: str) -> str:
+    """``text`` as a literal inside a Redis glob pattern."""
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)
 
 
 class RedisRecordStore(RecordStore):
@@ -208,6 +315,7 @@ class RedisRecordStore(RecordStore):
         self._timeout_ms: float | None = None if timeout is None else float(timeout) * 1000
         # Redis's clock less time.monotonic(), in ms, from the latest lock request (see _latest_start).
         self._redis_ahead_ms: float | None = None
+        self.release_requests = ReleaseRequests(client, f"{prefix}:release:")
 
     # Keys -------------------------------------------------------------------
 
@@ -412,8 +520,8 @@ class RedisRecordStore(RecordStore):
         pipe.publish(self.release_channel(upload_id), "release")
         pipe.execute()
 
-    def listen_for_release(self, upload_id: str) -> PubSubReleaseListener:
-        return PubSubReleaseListener(self.client, self.release_channel(upload_id))
+    def listen_for_release(self, upload_id: str) -> ReleaseWatch:
+        return self.release_requests.watch(upload_id)
 
     # Expiry index -----------------------------------------------------------
 

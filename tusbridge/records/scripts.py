@@ -28,29 +28,49 @@ class DirectConnections:
     """Idle connections for direct calls, one set per client, shared by all its scripts.
 
     They are made like the client pool's (same address, timeouts,
-    credentials, TLS). One is in use per concurrent call, so a process holds
-    at most as many as it has threads calling at once; they close when the
-    client is garbage collected, and a forked child starts with none of its
-    parent's.
+    credentials, TLS), and as many exist at most as the pool may hold
+    (``max_connections``): a call that finds them all in use waits for one,
+    up to the pool's own wait, then fails as the pool does. A connection
+    lent to a call that is never finished (a reply nobody asked for) comes
+    back to the count when it is garbage collected. A forked child starts
+    with none of its parent's.
     """
 
     def __init__(self, client: redis.Redis) -> None:
         pool = client.connection_pool
         self._make = lambda: pool.connection_class(**pool.connection_kwargs)
+        self._limit = int(getattr(pool, "max_connections", 0) or 0) or 2**31
+        self._wait = getattr(pool, "timeout", None)
         self._idle: list[AbstractConnection] = []
+        self._slots = threading.BoundedSemaphore(min(self._limit, 2**31 - 1))
 
     def take(self) -> AbstractConnection:
+        if not self._slots.acquire(timeout=self._wait):
+            raise redis.exceptions.ConnectionError(f"No free Redis connection within {self._wait:g} s")
         try:
-            return self._idle.pop()
-        except IndexError:
-            return self._make()
+            connection = self._idle.pop() if self._idle else self._make()
+        except BaseException:
+            self._slots.release()
+            raise
+        # Gives the slot back once, whether the call ends or its connection is dropped unfinished.
+        connection._tusbridge_lease = weakref.finalize(connection, self._slots.release)  # type: ignore[attr-defined]
+        return connection
 
     def give_back(self, connection: AbstractConnection) -> None:
         self._idle.append(connection)
+        connection._tusbridge_lease()  # type: ignore[attr-defined]
+
+    def discard(self, connection: AbstractConnection) -> None:
+        """Close a connection that cannot be trusted any more, and free its slot."""
+        try:
+            connection.disconnect()
+        finally:
+            connection._tusbridge_lease()  # type: ignore[attr-defined]
 
     def forget(self) -> None:
         """Drop, without shutting them down, connections that belong to the parent of a fork."""
         self._idle = []
+        self._slots = threading.BoundedSemaphore(min(self._limit, 2**31 - 1))
 
 
 _by_client: weakref.WeakKeyDictionary[redis.Redis, DirectConnections] = weakref.WeakKeyDictionary()
@@ -93,10 +113,10 @@ class DirectScript:
             conn.send_command("EVALSHA", self._script.sha, len(keys), *keys, *args)
         except redis.exceptions.ConnectionError:
             # A connection that went stale while idle: redis-py's own call, with its retries.
-            conn.disconnect()
+            self._connections.discard(conn)
             return functools.partial(self._script, keys=keys, args=args)
         except BaseException:
-            conn.disconnect()
+            self._connections.discard(conn)
             raise
         return functools.partial(self._reply, conn, keys, args)
 
@@ -111,18 +131,18 @@ class DirectScript:
         except redis.exceptions.ConnectionError:
             # Lost mid-reply: the scripts are safe to repeat (see redis.py), so redis-py's
             # own call, with its retries, runs it again.
-            conn.disconnect()
+            connections.discard(conn)
             return self._script(keys=keys, args=args)
         except redis.exceptions.TimeoutError:
             # Redis did not answer within the timeout: asking again would only double the wait.
-            conn.disconnect()
+            connections.discard(conn)
             raise
         except redis.exceptions.ResponseError:
             connections.give_back(conn)
             raise
         except BaseException:
             # Interrupted halfway through a reply: the connection cannot be trusted.
-            conn.disconnect()
+            connections.discard(conn)
             raise
         connections.give_back(conn)
         return reply
