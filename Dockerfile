@@ -1,5 +1,5 @@
 # Image of the example site: tusbridge installed from this checkout, served by
-# gunicorn with 2 × cores + 1 of tusbridge's gthread workers (4 threads each) on port 8000. Used by docker-compose.yml.
+# gunicorn with 2 × cores + 1 gevent workers on port 8000. Used by docker-compose.yml.
 
 # The example pages' JavaScript (Uppy, jQuery-File-Upload...) from the npm registry.
 FROM node:20-slim AS js
@@ -19,7 +19,7 @@ WORKDIR /app
 # The library first, so that editing the example does not reinstall it.
 COPY pyproject.toml ./
 COPY tusbridge ./tusbridge
-RUN pip install . "gunicorn>=22"
+RUN pip install ".[gevent]"
 
 COPY example ./example
 COPY --from=js /js/node_modules ./example/node_modules
@@ -33,4 +33,4 @@ USER app
 
 EXPOSE 8000
 
-CMD ["sh", "-c", "python example/bootstrap.py && exec gunicorn example_site.wsgi:application --chdir example --workers $((2 * $(nproc) + 1)) --worker-class tusbridge.workers.ThreadWorker --threads 4 --reuse-port --timeout 60 --bind 0.0.0.0:8000 --access-logfile -"]
+CMD ["sh", "-c", "python example/bootstrap.py && exec gunicorn example_site.wsgi:application --chdir example --workers $((2 * $(nproc) + 1)) --worker-class gevent --worker-connections 2000 --timeout 60 --bind 0.0.0.0:8000 --access-logfile -"]

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Run the example site: gunicorn (2 workers) on 127.0.0.1:8000 with tusbridge
+# Run the example site: gunicorn (2 gevent workers) on 127.0.0.1:8000 with tusbridge
 # at /files/. Without REDIS_URL a private redis-server is started on
 # 127.0.0.1:6390 (DEMO_REDIS_PORT) with its files in example/var/redis, and
 # stopped again when the demo ends. DEMO_BIND changes gunicorn's address.
@@ -23,9 +23,8 @@ gunicorn_cmd=(
     "${root}/.venv/bin/gunicorn" example_site.wsgi:application
     --chdir "${root}/example"
     --workers 2
-    --worker-class tusbridge.workers.ThreadWorker
-    --threads 4
-    --reuse-port
+    --worker-class gevent
+    --worker-connections 2000
     --timeout 60
     --bind "${bind}"
     --access-logfile -

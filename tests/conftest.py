@@ -13,7 +13,7 @@ Fixtures:
     pytest-django's ``settings`` pointed at that Redis, with a unique
     ``TUSBRIDGE_KEY_PREFIX`` (``t-<hex>``) and an empty ``TUSBRIDGE_UPLOAD_DIR``.
 ``gunicorn_server`` (module)
-    A :class:`GunicornServer`: real gunicorn, 2 workers of tusbridge.workers.ThreadWorker, on a free port,
+    A :class:`GunicornServer`: real gunicorn, 2 gevent workers (the README's recommendation), on a free port,
     with its own key prefix, upload directory and migrated sqlite file.
     Override ``gunicorn_extra_env`` in a test module to pass settings, e.g.
     ``{"TUSBRIDGE_TEST_ALLOW_ANONYMOUS": "1", "TUSBRIDGE_TEST_MAX_SIZE": "1024"}``.
@@ -414,16 +414,19 @@ def _gunicorn_version_args() -> list[str]:
     return ["--no-control-socket"] if "control_socket_disable" in names else []
 
 
-RECOMMENDED_WORKER_CLASS = "tusbridge.workers.ThreadWorker"
+RECOMMENDED_WORKER_CLASS = "gevent"
+THREAD_WORKER_CLASS = "tusbridge.workers.ThreadWorker"
 
 
 def _worker_class_args(worker_class: str | None, threads: int = 4) -> list[str]:
-    """The configuration the README recommends (tusbridge's gthread worker, 4 threads, a socket
-    per worker), TUSBRIDGE_TEST_WORKER_CLASS, or a test's choice."""
+    """The configuration the README recommends (gunicorn's gevent worker), TUSBRIDGE_TEST_WORKER_CLASS,
+    or a test's choice; threaded workers get 4 threads and a socket per worker."""
     worker_class = worker_class or os.environ.get("TUSBRIDGE_TEST_WORKER_CLASS", RECOMMENDED_WORKER_CLASS)
     args = ["--worker-class", worker_class]
     if worker_class == "gthread" or worker_class.endswith("ThreadWorker"):
         args += ["--threads", str(threads), "--reuse-port"]
+    elif worker_class == "gevent":
+        args += ["--worker-connections", "2000"]
     return args
 
 

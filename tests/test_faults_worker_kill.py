@@ -1,7 +1,7 @@
 """Gunicorn workers SIGKILLed while they stream upload bodies, over both protocols.
 
 Each client thread has its own gunicorn with 2 workers (one server with sync
-workers, the others with the harness's default class, tusbridge.workers.ThreadWorker where the
+workers, the others with the harness's default class, gunicorn's gevent worker where the
 harness has it, as the README recommends for production), so a kill can only
 ever hit the worker that serves that thread's request: before each kill the
 test finds, through /proc, the worker that accepted its connection; gunicorn

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 import pytest
 import requests
 
+from tests.conftest import THREAD_WORKER_CLASS
 from tests.legacy_helpers import payload
 from tests.live_support import data_of, is_locked, poll, record_of
 from tests.test_legacy_live import CHUNK, logged_in, send_chunk, send_complete
@@ -34,6 +35,14 @@ ACQUIRE_SHA = hashlib.sha1(_ACQUIRE_AND_GET.encode()).hexdigest()
 @pytest.fixture(scope="module")
 def gunicorn_extra_env() -> dict[str, str]:
     return {"TUSBRIDGE_TEST_KEEPALIVE_LINGER": str(LINGER), "TUSBRIDGE_TEST_LOCK_WAIT": "5"}
+
+
+@pytest.fixture(scope="module")
+def gunicorn_server(
+    gunicorn_factory: Callable[..., GunicornServer], gunicorn_extra_env: dict[str, str]
+) -> GunicornServer:
+    """Keeping a lock between requests is a feature of tusbridge's threaded worker."""
+    return gunicorn_factory(gunicorn_extra_env, worker_class=THREAD_WORKER_CLASS)
 
 
 @contextmanager

@@ -1,0 +1,148 @@
+"""Many slow uploads at once on one gevent worker: each costs a socket, not a thread.
+
+One worker holds hundreds of PATCHes whose bodies have stopped mid-way (a
+slow link), each holding its upload's lock, while a newcomer's creation,
+HEAD and PATCH are answered at once; its Redis connections stay within
+TUSBRIDGE_REDIS_MAX_CONNECTIONS; and every held upload then finishes with
+the right bytes.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+
+import pytest
+import requests
+
+from tests.conftest import GunicornServer, RedisServer
+from tests.live_support import (
+    OFFSET_CT,
+    TUS_VERSION,
+    RawRequest,
+    auth,
+    cookie_header,
+    create,
+    data_of,
+    head_offset,
+    is_locked,
+    patch,
+    path_of,
+    poll,
+    upload_id_of,
+)
+
+HELD = 300  # far more than any thread pool of the threaded workers
+SIZE = 64 * 1024
+FIRST = 1000  # bytes each held PATCH sends before it goes quiet
+MAX_REDIS_CONNECTIONS = 8
+
+
+def body_of(index: int) -> bytes:
+    return index.to_bytes(4, "big") * (SIZE // 4)
+
+
+@pytest.fixture(scope="module")
+def client_name() -> str:
+    return f"many-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture(scope="module")
+def server(
+    gunicorn_factory: Callable[..., GunicornServer], redis_server: RedisServer, client_name: str
+) -> GunicornServer:
+    env = {
+        "TUSBRIDGE_TEST_REDIS_URL": f"{redis_server.url}?client_name={client_name}",
+        "TUSBRIDGE_TEST_REDIS_MAX_CONNECTIONS": str(MAX_REDIS_CONNECTIONS),
+    }
+    return gunicorn_factory(env, workers=1, worker_class="gevent")
+
+
+def redis_connections(redis_server: RedisServer, client_name: str) -> int:
+    client = redis_server.client()
+    try:
+        return sum(1 for c in client.client_list() if c.get("name") == client_name)
+    finally:
+        client.close()
+
+
+def test_one_worker_holds_hundreds_of_slow_uploads_and_answers_a_newcomer_at_once(
+    server: GunicornServer, redis_server: RedisServer, client_name: str
+) -> None:
+    session = server.login("many-uploads")
+    urls = [create(server, session, SIZE) for _ in range(HELD)]
+    held: list[RawRequest] = []
+    try:
+        for index, url in enumerate(urls):
+            headers = {
+                "Tus-Resumable": TUS_VERSION,
+                "Cookie": cookie_header(session),
+                "Content-Type": OFFSET_CT,
+                "Upload-Offset": "0",
+                "Content-Length": str(SIZE),
+            }
+            request = RawRequest(server, "PATCH", path_of(url), headers)
+            request.send(body_of(index)[:FIRST])
+            held.append(request)
+        # Every one of them is in flight at once: each holds its upload's lock.
+        poll(
+            lambda: all(is_locked(server, upload_id_of(url)) for url in urls) or None,
+            f"all {HELD} PATCHes to hold their uploads",
+            timeout=60,
+        )
+        peak = redis_connections(redis_server, client_name)
+
+        # A newcomer is answered while they hold: creation, HEAD, a whole PATCH.
+        started = time.monotonic()
+        url = create(server, session, 11)
+        assert head_offset(server, session, url) == 0
+        response = patch(session, url, 0, b"hello world")
+        assert response.status_code == 204, response.text
+        assert head_offset(server, session, url) == 11
+        newcomer = time.monotonic() - started
+        # A thread per request would make it wait for a held body's idle timeout (60 s).
+        assert newcomer < 10, f"the newcomer took {newcomer:.1f} s"
+        peak = max(peak, redis_connections(redis_server, client_name))
+
+        # The held uploads go on and finish, each with its own bytes.
+        for index, request in enumerate(held):
+            request.send(body_of(index)[FIRST:])
+        for request in held:
+            answer = request.response()
+            assert answer.status == 204, (answer.status, answer.body)
+            assert answer.headers["Upload-Offset"] == str(SIZE)
+        peak = max(peak, redis_connections(redis_server, client_name))
+    finally:
+        for request in held:
+            request.close()
+    for index, url in enumerate(urls):
+        assert data_of(server, upload_id_of(url)) == body_of(index)
+    assert 1 <= peak <= MAX_REDIS_CONNECTIONS
+
+
+def test_a_held_upload_is_handed_to_its_reconnecting_client_within_a_second(server: GunicornServer) -> None:
+    session = server.login("many-reconnect")
+    url = create(server, session, SIZE)
+    headers = {
+        "Tus-Resumable": TUS_VERSION,
+        "Cookie": cookie_header(session),
+        "Content-Type": OFFSET_CT,
+        "Upload-Offset": "0",
+        "Content-Length": str(SIZE),
+    }
+    stalled = RawRequest(server, "PATCH", path_of(url), headers)
+    try:
+        stalled.send(body_of(1)[:FIRST])
+        poll(lambda: is_locked(server, upload_id_of(url)) or None, "the stalled PATCH to hold the upload")
+        started = time.monotonic()
+        response = requests.head(url, headers=auth(session), timeout=10)
+        waited = time.monotonic() - started
+        assert response.status_code == 200
+        assert response.headers["Upload-Offset"] == str(FIRST)
+        assert waited < 2.0, f"the reconnecting client waited {waited:.2f} s"
+        response = patch(session, url, FIRST, body_of(1)[FIRST:])
+        assert response.status_code == 204, response.text
+    finally:
+        stalled.close()
+    assert data_of(server, upload_id_of(url)) == body_of(1)
