@@ -439,7 +439,11 @@ def start_gunicorn(
     worker_class: str | None = None,
     threads: int = 4,
 ) -> GunicornServer:
-    """Migrate a fresh sqlite file, start gunicorn and wait until all workers run."""
+    """Migrate a fresh sqlite file, start gunicorn and wait until all workers run.
+
+    ``worker_class="uvicorn"`` serves ``tests.asgi`` with uvicorn instead
+    (tusbridge's ASGI handler), as the README's ASGI deployment does.
+    """
     key_prefix = f"g-{uuid.uuid4().hex}"
     upload_dir = base_dir / "uploads"
     upload_dir.mkdir(parents=True, exist_ok=True)
@@ -462,15 +466,17 @@ def start_gunicorn(
         )
 
     log_path = base_dir / "gunicorn.log"
+    asgi = worker_class == "uvicorn"
     process, port = run_gunicorn(
-        "tests.wsgi:application",
+        "tests.asgi:application" if asgi else "tests.wsgi:application",
         chdir=ROOT,
         workers=workers,
-        worker_args=_worker_class_args(worker_class, threads),
+        worker_args=[] if asgi else _worker_class_args(worker_class, threads),
         env=env,
         log_path=log_path,
         probe="/test-whoami/",
         timeout=timeout,
+        asgi=asgi,
     )
     server = GunicornServer(
         url=f"http://127.0.0.1:{port}",
@@ -497,8 +503,10 @@ def run_gunicorn(
     log_path: Path,
     probe: str,
     timeout: float,
+    asgi: bool = False,
 ) -> tuple[subprocess.Popen[bytes], int]:
-    """gunicorn serving ``app`` on a free port, once ``probe`` answers 200 and every worker is forked.
+    """gunicorn (uvicorn with ``asgi``) serving ``app`` on a free port, once ``probe`` answers 200 and
+    every worker is forked.
 
     Tries another port when the free one was taken meanwhile; fails the test
     with gunicorn's output otherwise.
@@ -519,6 +527,15 @@ def run_gunicorn(
             "--log-level", "info",
             *_gunicorn_version_args(),
         ]  # fmt: skip
+        if asgi:
+            command = [
+                sys.executable, "-m", "uvicorn", app,
+                "--app-dir", str(chdir),
+                "--host", "127.0.0.1", "--port", str(port),
+                "--workers", str(workers),
+                "--no-access-log",
+                "--timeout-graceful-shutdown", "5",
+            ]  # fmt: skip
         with log_path.open("ab") as log:
             process = subprocess.Popen(
                 command,
@@ -529,7 +546,9 @@ def run_gunicorn(
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
-        problem = _wait_until_ready(process, f"http://127.0.0.1:{port}{probe}", workers, timeout)
+        # One uvicorn worker serves in the main process; more are its children.
+        children = 0 if asgi and workers == 1 else workers
+        problem = _wait_until_ready(process, f"http://127.0.0.1:{port}{probe}", children, timeout)
         if problem is None:
             return process, port
         _terminate(process, 5)

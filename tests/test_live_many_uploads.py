@@ -1,14 +1,16 @@
-"""Many slow uploads at once on one gevent worker: each costs a socket, not a thread.
+"""Many slow uploads at once on one worker process: each costs a socket, not a thread.
 
-One worker holds hundreds of PATCHes whose bodies have stopped mid-way (a
-slow link), each holding its upload's lock, while a newcomer's creation,
-HEAD and PATCH are answered at once; its Redis connections stay within
-TUSBRIDGE_REDIS_MAX_CONNECTIONS; and every held upload then finishes with
-the right bytes.
+Under both deployments the README offers (gunicorn's gevent worker, and
+uvicorn with tusbridge's ASGI handler), one process holds hundreds of
+PATCHes whose bodies have stopped mid-way (a slow link), each holding its
+upload's lock, while a newcomer's creation, HEAD and PATCH are answered at
+once; its Redis connections and threads stay within their configured
+bounds; and every held upload then finishes with the right bytes.
 """
 
 from __future__ import annotations
 
+import os
 import time
 import uuid
 from collections.abc import Callable
@@ -43,20 +45,40 @@ def body_of(index: int) -> bytes:
     return index.to_bytes(4, "big") * (SIZE // 4)
 
 
+@pytest.fixture(scope="module", params=["gevent", "uvicorn"])
+def deployment(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
 @pytest.fixture(scope="module")
-def client_name() -> str:
-    return f"many-{uuid.uuid4().hex[:10]}"
+def client_name(deployment: str) -> str:
+    """The name this server's Redis connections give themselves, to count them."""
+    return f"many-{deployment}-{uuid.uuid4().hex[:10]}"
+
+
+# Threads of the serving process at the most, whatever the number of uploads:
+# ASYNC_THREADS for blocking calls under ASGI, and a few of the servers' own.
+MAX_THREADS = 24
 
 
 @pytest.fixture(scope="module")
 def server(
-    gunicorn_factory: Callable[..., GunicornServer], redis_server: RedisServer, client_name: str
+    deployment: str,
+    gunicorn_factory: Callable[..., GunicornServer],
+    redis_server: RedisServer,
+    client_name: str,
 ) -> GunicornServer:
     env = {
         "TUSBRIDGE_TEST_REDIS_URL": f"{redis_server.url}?client_name={client_name}",
         "TUSBRIDGE_TEST_REDIS_MAX_CONNECTIONS": str(MAX_REDIS_CONNECTIONS),
     }
-    return gunicorn_factory(env, workers=1, worker_class="gevent")
+    return gunicorn_factory(env, workers=1, worker_class=deployment)
+
+
+def threads_of(server: GunicornServer) -> int:
+    """Threads of the process that serves requests (gunicorn's one worker, or uvicorn itself)."""
+    pid = (server.worker_pids() or [server.pid])[0]
+    return len(os.listdir(f"/proc/{pid}/task"))
 
 
 def redis_connections(redis_server: RedisServer, client_name: str) -> int:
@@ -92,6 +114,7 @@ def test_one_worker_holds_hundreds_of_slow_uploads_and_answers_a_newcomer_at_onc
             timeout=60,
         )
         peak = redis_connections(redis_server, client_name)
+        assert threads_of(server) <= MAX_THREADS
 
         # A newcomer is answered while they hold: creation, HEAD, a whole PATCH.
         started = time.monotonic()

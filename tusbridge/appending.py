@@ -12,12 +12,19 @@ from . import keeping, md5state
 from .data import Writer
 from .locking import HeldLock
 from .md5state import ResumableMD5
+from .offload import run_blocking
 from .record import UploadRecord
 from .records.base import AdvanceStatus, LockAttempt
 
 logger = logging.getLogger("tusbridge")
 
 T = TypeVar("T")
+
+# A body read on an event loop is written in batches of up to this many bytes,
+# or of whatever arrived in FLUSH_INTERVAL seconds, so that a slow client's many
+# small pieces cost few hand-overs to a thread.
+FLUSH_SIZE = 256 * 1024
+FLUSH_INTERVAL = 1.0
 
 # A chunk that goes on with a kept lock is hashed after its response, while the
 # client prepares the next one, if it is no longer than this; a longer one is
@@ -31,6 +38,18 @@ if TYPE_CHECKING:
 
 class Readable(Protocol):
     def read(self, size: int = ..., /) -> bytes: ...
+
+
+class AsyncReadable(Protocol):
+    """A request body that arrives on an event loop (see ``tusbridge.asgi``)."""
+
+    async def read(self, size: int, timeout: float, /) -> bytes:
+        """Up to ``size`` bytes; b"" at the end of the body.
+
+        Raises TimeoutError when nothing arrived within ``timeout`` seconds,
+        and OSError when the client went away.
+        """
+        ...
 
 
 class Digest(Protocol):
@@ -202,6 +221,69 @@ class AppendSession:
             self.write(piece)
             if digest is not None:
                 digest.update(piece)
+
+    async def pump_async(
+        self, body: AsyncReadable, digest: Digest | None, *, poll_interval: float
+    ) -> tuple[bool, bool]:
+        """``pump`` for a body read on an event loop; the blocking writes run on ``offload``'s threads.
+
+        The same stops as ``pump``: a release request, the client gone, a
+        client silent for the idle timeout (``body`` reads time out every
+        ``poll_interval`` seconds). What arrived is written before it returns.
+        """
+        pending = bytearray()
+        try:
+            return await self._pump_async(body, digest, poll_interval, pending)
+        finally:
+            if pending and self._open:
+                await run_blocking(self._store, bytes(pending), digest)
+
+    async def _pump_async(
+        self, body: AsyncReadable, digest: Digest | None, poll_interval: float, pending: bytearray
+    ) -> tuple[bool, bool]:
+        read_size, idle_timeout = self.service.read_size, self.service.idle_timeout
+        idle_since: float | None = None
+        flushed_at = time.monotonic()
+        while True:
+            if self.lock.release_requested():
+                return False, True
+            room = self.room
+            want = read_size if room is None else min(read_size, room - len(pending))
+            try:
+                # A full upload reads one more byte: any means the client sent too much.
+                piece = await body.read(want if want > 0 else 1, poll_interval)
+            except TimeoutError:
+                now = time.monotonic()
+                idle_since = idle_since or now
+                if now - idle_since >= idle_timeout:
+                    return False, True
+                if pending:
+                    flushed_at = await self._flush(pending, digest)
+                elif self.lock.needs_renewal():
+                    await run_blocking(self.lock.keep_alive)
+                continue
+            except OSError:
+                return False, True
+            idle_since = None
+            if want <= 0:
+                return bool(piece), False
+            if not piece:
+                return False, False
+            pending += piece
+            if len(pending) >= FLUSH_SIZE or time.monotonic() - flushed_at >= FLUSH_INTERVAL:
+                flushed_at = await self._flush(pending, digest)
+
+    async def _flush(self, pending: bytearray, digest: Digest | None) -> float:
+        """Write what gathered in ``pending`` (then empty) on a thread; return when that was done."""
+        data = bytes(pending)
+        pending.clear()
+        await run_blocking(self._store, data, digest)
+        return time.monotonic()
+
+    def _store(self, data: bytes, digest: Digest | None) -> None:
+        self.write(data)
+        if digest is not None:
+            digest.update(data)
 
     def _store_buffered(self, stream: Readable, digest: Digest | None) -> None:
         """Before stopping early, write what the server received but no read returned yet."""

@@ -98,6 +98,9 @@ def _check_numbers() -> list[CheckMessage]:
     max_connections = conf.get("REDIS_MAX_CONNECTIONS")
     if not isinstance(max_connections, int) or isinstance(max_connections, bool) or max_connections < 4:
         messages.append(Error("TUSBRIDGE_REDIS_MAX_CONNECTIONS must be an integer of at least 4.", id="tusbridge.E011"))
+    threads = conf.get("ASYNC_THREADS")
+    if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
+        messages.append(Error("TUSBRIDGE_ASYNC_THREADS must be a positive integer.", id="tusbridge.E012"))
     read_size = conf.get("READ_SIZE")
     if not isinstance(read_size, int) or not 4096 <= read_size <= 1024 * 1024:
         messages.append(Error("TUSBRIDGE_READ_SIZE must be an integer from 4096 to 1048576.", id="tusbridge.E006"))

@@ -67,6 +67,9 @@ DEFAULTS: dict[str, Any] = {
     # own subclasses of tusbridge.chunked_upload.views may be named here).
     "LEGACY_CHUNK_VIEW": "tusbridge.chunked_upload.views.ChunkedUploadView",
     "LEGACY_COMPLETE_VIEW": "tusbridge.chunked_upload.views.ChunkedUploadCompleteView",
+    # Threads per process for the blocking calls of requests served on an
+    # event loop (ASGI): Redis, the data store. Uploads in flight do not add any.
+    "ASYNC_THREADS": 8,
     # Largest piece read from a request body at once.
     "READ_SIZE": 1024 * 1024,
     # Seconds a thread of tusbridge.workers.ThreadWorker waits on a kept-alive

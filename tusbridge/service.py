@@ -22,10 +22,11 @@ from django.core.files.storage import Storage
 from django.core.signals import setting_changed
 
 from . import conf, errors, keeping, locking, md5state
-from .appending import AppendResult, AppendSession, Digest, PendingAppend, Readable
+from .appending import AppendResult, AppendSession, AsyncReadable, Digest, PendingAppend, Readable
 from .data import Concatenator, DataStore, InfoKeeper, Terminator
 from .data.filesystem import FileSystemDataStore
 from .handover import configured_storage, hand_over
+from .offload import run_blocking
 from .record import State, UploadRecord, new_upload_id
 from .records import RecordStore
 from .records.base import AdvanceResult, AdvanceStatus, LockAttempt
@@ -415,31 +416,83 @@ class UploadService:
             upload_id, owner, offset=offset, length=length, auto_complete=auto_complete, authorize=authorize
         )
         try:
-            room = session.room
-            if content_length is not None and room is not None and content_length > room:
-                raise self._overflow(session.record)
+            self.check_room(session, content_length)
             try:
                 overflow, interrupted = session.pump(stream, digest)
             except OSError as exc:
-                # The data store failed (disk full, I/O error): keep what was
-                # really written (a checksummed chunk cannot be kept in part).
-                if digest is None and session.written:
-                    session.commit(interrupted=True)
-                raise self._storage_error(exc) from exc
-            if content_length is not None and session.written < content_length:
-                interrupted = True
-            if overflow:
-                raise self._overflow(session.record)
-            if digest is not None and (interrupted or not digest.matches()):
-                # The chunk was written in place and is cut off again by
-                # abort(). Staging it in a side file would cost a second write
-                # of every byte on the (usual) success path; truncating costs
-                # one ftruncate on the rare failure, and the offset in the
-                # record never counted these bytes anyway.
-                raise errors.ChecksumMismatch()
-            return session.commit(interrupted=interrupted)
+                raise self.write_failed(session, digest, exc) from exc
+            return self.end_append(session, content_length, digest, overflow=overflow, interrupted=interrupted)
         finally:
             session.abort()
+
+    async def append_async(
+        self,
+        upload_id: str,
+        owner: str,
+        *,
+        offset: int,
+        body: AsyncReadable,
+        content_length: int | None,
+        poll_interval: float,
+        length: int | None = None,
+        digest: Digest | None = None,
+        authorize: Callable[[UploadRecord], object] | None = None,
+    ) -> AppendResult:
+        """``append`` for a body that arrives on an event loop: the coroutine waits for the body,
+        and only the blocking calls take a thread (``offload``), so an upload in flight holds none.
+        """
+        session = await run_blocking(
+            self.open_append, upload_id, owner, offset=offset, length=length, authorize=authorize
+        )
+        try:
+            self.check_room(session, content_length)
+            try:
+                overflow, interrupted = await session.pump_async(body, digest, poll_interval=poll_interval)
+            except OSError as exc:
+                raise await run_blocking(self.write_failed, session, digest, exc) from exc
+            return await run_blocking(
+                self.end_append, session, content_length, digest, overflow=overflow, interrupted=interrupted
+            )
+        finally:
+            await run_blocking(session.abort)
+
+    def check_room(self, session: AppendSession, content_length: int | None) -> None:
+        """Refuse, before a byte is read, a body announced longer than the upload has room for."""
+        room = session.room
+        if content_length is not None and room is not None and content_length > room:
+            raise self._overflow(session.record)
+
+    def write_failed(self, session: AppendSession, digest: Digest | None, exc: OSError) -> errors.UploadError:
+        """The data store failed (disk full, I/O error): keep what was really written, say why.
+
+        A checksummed chunk cannot be kept in part.
+        """
+        if digest is None and session.written:
+            session.commit(interrupted=True)
+        return self._storage_error(exc)
+
+    def end_append(
+        self,
+        session: AppendSession,
+        content_length: int | None,
+        digest: Digest | None,
+        *,
+        overflow: bool,
+        interrupted: bool,
+    ) -> AppendResult:
+        """Judge a pumped body and commit it: the rules every way of reading a body shares."""
+        if content_length is not None and session.written < content_length:
+            interrupted = True
+        if overflow:
+            raise self._overflow(session.record)
+        if digest is not None and (interrupted or not digest.matches()):
+            # The chunk was written in place and is cut off again by
+            # abort(). Staging it in a side file would cost a second write
+            # of every byte on the (usual) success path; truncating costs
+            # one ftruncate on the rare failure, and the offset in the
+            # record never counted these bytes anyway.
+            raise errors.ChecksumMismatch()
+        return session.commit(interrupted=interrupted)
 
     def check_advance(self, result: AdvanceResult) -> None:
         """Turn a refused offset advance into the error that explains it."""

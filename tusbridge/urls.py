@@ -7,8 +7,7 @@
 
 from django.urls import path, re_path
 
-from .tus.views import TusView
-from .views import collection, legacy_complete
+from .views import collection, legacy_complete, upload
 
 app_name = "tusbridge"
 
@@ -16,5 +15,5 @@ urlpatterns = [
     path("", collection, name="collection"),
     path("complete/", legacy_complete, name="complete"),
     # Any segment reaches the view, so that an unknown id is a tus 404 (with Tus-Resumable).
-    re_path(r"^(?P<upload_id>[^/]+)/?$", TusView.as_view(), name="upload"),
+    re_path(r"^(?P<upload_id>[^/]+)/?$", upload, name="upload"),
 ]

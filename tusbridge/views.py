@@ -14,7 +14,7 @@ from django.utils.module_loading import import_string
 from django.views.decorators.csrf import csrf_exempt
 
 from . import conf
-from .tus.views import TusView
+from .tus.views import TusView, stream_view
 
 _tus = TusView.as_view()
 _legacy_views: dict[str, Any] = {}
@@ -47,6 +47,13 @@ def collection(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
     if is_legacy_chunk(request):
         return _legacy("LEGACY_CHUNK_VIEW")(request, *args, **kwargs)
     return _tus(request, *args, **kwargs)
+
+
+# One upload over tus. Its ``streaming_view`` (and the collection's) serves the
+# requests whose bodies an ASGI server streams (see ``tusbridge.asgi``).
+upload = TusView.as_view()
+upload.streaming_view = stream_view  # type: ignore[attr-defined]
+collection.streaming_view = stream_view  # type: ignore[attr-defined]
 
 
 @csrf_exempt  # the legacy views check the CSRF token themselves

@@ -11,11 +11,12 @@ reaches the upload logic.
 
 from __future__ import annotations
 
-import io
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import redis.exceptions
+from asgiref.sync import sync_to_async
 from django.http import HttpRequest, HttpResponse
 from django.utils.decorators import method_decorator
 from django.utils.http import http_date
@@ -26,6 +27,7 @@ from django.views.decorators.csrf import csrf_exempt
 from .. import conf, errors
 from ..bodies import polling_reads
 from ..checksums import ALGORITHMS, Checksum, parse_checksum
+from ..offload import run_blocking
 from ..permissions import owner_of
 from ..record import State, UploadRecord
 from ..service import UploadService, get_service
@@ -76,25 +78,94 @@ def _invalid(exc: ValueError) -> errors.InvalidRequest:
     return errors.InvalidRequest(str(exc))
 
 
+def _method(request: HttpRequest) -> str:
+    return request.headers.get("X-HTTP-Method-Override", request.method or "").upper()
+
+
+def _content_length(request: HttpRequest) -> int | None:
+    """Content-Length, or None for a body of unknown length (chunked)."""
+    raw = request.META.get("CONTENT_LENGTH")
+    if not raw:
+        return None if "chunked" in request.META.get("HTTP_TRANSFER_ENCODING", "").lower() else 0
+    try:
+        return parse_uint("Content-Length", raw)
+    except ValueError as exc:
+        raise _invalid(exc) from None
+
+
+# Redis errors that mean "answer 503, try again later".
+_STORE_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+
+
+@dataclass(frozen=True)
+class PatchPlan:
+    offset: int
+    length: int | None
+    checksum: Checksum | None
+
+
+@dataclass(frozen=True)
+class Creation:
+    record: UploadRecord
+    location: str
+    with_upload: bool
+    content_length: int | None
+    checksum: Checksum | None
+
+    @property
+    def has_body(self) -> bool:
+        return self.with_upload and (self.content_length is None or self.content_length > 0)
+
+
 @method_decorator(csrf_exempt, name="dispatch")
 class TusView(View):
     """One view for the collection URL (``upload_id`` None) and for each upload URL."""
 
     def dispatch(self, request: HttpRequest, *args: Any, upload_id: str | None = None, **kwargs: Any) -> HttpResponse:
-        method = request.headers.get("X-HTTP-Method-Override", request.method or "").upper()
         try:
-            if method == "OPTIONS":
-                response = self.options_response(request)
-            elif request.headers.get("Tus-Resumable") != TUS_VERSION:
-                response = _text(412, f"Tus-Resumable: {TUS_VERSION} is required")
-                response["Tus-Version"] = TUS_VERSION
+            response = self.answer(request, _method(request), upload_id)
+        except (errors.UploadError, *_STORE_DOWN) as exc:
+            response = self.failure_response(exc)
+        return self.finish(request, response)
+
+    async def dispatch_async(self, request: HttpRequest, upload_id: str | None = None) -> HttpResponse:
+        """``dispatch`` for a request whose body arrives on an event loop (``request.upload_body``).
+
+        A PATCH or a creation with an upload reads its body as it comes,
+        holding no thread while it waits; anything else is answered as usual.
+        """
+        method = _method(request)
+        try:
+            if request.headers.get("Tus-Resumable") != TUS_VERSION or method not in ("PATCH", "POST"):
+                response = await sync_to_async(self.answer)(request, method, upload_id)
+            elif method == "PATCH" and upload_id is not None:
+                response = await self.patch_async(request, upload_id)
+            elif method == "POST" and upload_id is None:
+                response = await self.create_async(request)
             else:
                 response = self.route(method, upload_id)(request, upload_id)
-        except errors.UploadError as exc:
-            response = self.error_response(exc)
-        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
-            response = _text(503, errors.StoreUnavailable.message)
-            response["Retry-After"] = "5"
+        except (errors.UploadError, *_STORE_DOWN) as exc:
+            response = self.failure_response(exc)
+        return self.finish(request, response)
+
+    def answer(self, request: HttpRequest, method: str, upload_id: str | None) -> HttpResponse:
+        if method == "OPTIONS":
+            return self.options_response(request)
+        if request.headers.get("Tus-Resumable") != TUS_VERSION:
+            response = _text(412, f"Tus-Resumable: {TUS_VERSION} is required")
+            response["Tus-Version"] = TUS_VERSION
+            return response
+        return self.route(method, upload_id)(request, upload_id)
+
+    def failure_response(self, exc: Exception) -> HttpResponse:
+        if isinstance(exc, errors.UploadError):
+            return self.error_response(exc)
+        response = _text(503, errors.StoreUnavailable.message)
+        response["Retry-After"] = "5"
+        return response
+
+    @staticmethod
+    def finish(request: HttpRequest, response: HttpResponse) -> HttpResponse:
         response["Tus-Resumable"] = TUS_VERSION
         add_cors_headers(request, response)
         return response
@@ -193,6 +264,53 @@ class TusView(View):
         return response
 
     def create(self, request: HttpRequest, _: None) -> HttpResponse:
+        creation = self.begin_creation(request)
+        if isinstance(creation, HttpResponse):
+            return creation
+        record = creation.record
+        if creation.has_body:
+            stream, _ = request_body(request)
+            try:
+                with polling_reads(request, float(conf.get("POLL_INTERVAL"))):
+                    record = (
+                        get_service()
+                        .append(
+                            record.id,
+                            record.owner,
+                            offset=0,
+                            stream=stream,
+                            content_length=creation.content_length,
+                            digest=creation.checksum,
+                        )
+                        .record
+                    )
+            except errors.UploadError as exc:
+                return self.creation_failed(creation, exc)
+        return self.created(creation, record)
+
+    async def create_async(self, request: HttpRequest) -> HttpResponse:
+        creation = await sync_to_async(self.begin_creation)(request)
+        if isinstance(creation, HttpResponse):
+            return creation
+        record = creation.record
+        if creation.has_body:
+            try:
+                result = await get_service().append_async(
+                    record.id,
+                    record.owner,
+                    offset=0,
+                    body=request.upload_body,  # type: ignore[attr-defined]
+                    content_length=creation.content_length,
+                    poll_interval=float(conf.get("POLL_INTERVAL")),
+                    digest=creation.checksum,
+                )
+            except errors.UploadError as exc:
+                return await run_blocking(self.creation_failed, creation, exc)
+            record = result.record
+        return self.created(creation, record)
+
+    def begin_creation(self, request: HttpRequest) -> Creation | HttpResponse:
+        """Check a creation request and store the new upload; a final upload is answered at once."""
         self.check_permission(request, "create", None)
         service = get_service()
         metadata_raw, metadata, filename = self.metadata(request)
@@ -208,7 +326,7 @@ class TusView(View):
 
         length = self.creation_length(request)
         with_upload = request.content_type == OFFSET_CONTENT_TYPE
-        stream, content_length = request_body(request) if with_upload else (io.BytesIO(), 0)
+        content_length = _content_length(request) if with_upload else 0
         checksum = self.checksum(request) if with_upload else None
         service.check_length(length)
         if length is not None and content_length is not None and content_length > length:
@@ -224,30 +342,22 @@ class TusView(View):
             concat=concat,
             concat_raw=concat_raw or "",
         )
-        location = self.upload_url(request, record.id)
-        if with_upload and (content_length is None or content_length > 0):
-            try:
-                with polling_reads(request, float(conf.get("POLL_INTERVAL"))):
-                    record = service.append(
-                        record.id,
-                        record.owner,
-                        offset=0,
-                        stream=stream,
-                        content_length=content_length,
-                        digest=checksum,
-                    ).record
-            except errors.ChecksumMismatch as exc:
-                # Nothing of the body was kept: the upload is not created at all.
-                service.forget(record)
-                return self.error_response(exc)
-            except errors.UploadError as exc:
-                # The upload exists with what was stored; the client resumes from HEAD.
-                response = self.error_response(exc)
-                response["Location"] = location
-                return response
+        return Creation(record, self.upload_url(request, record.id), with_upload, content_length, checksum)
+
+    def creation_failed(self, creation: Creation, exc: errors.UploadError) -> HttpResponse:
+        if isinstance(exc, errors.ChecksumMismatch):
+            # Nothing of the body was kept: the upload is not created at all.
+            get_service().forget(creation.record)
+            return self.error_response(exc)
+        # The upload exists with what was stored; the client resumes from HEAD.
+        response = self.error_response(exc)
+        response["Location"] = creation.location
+        return response
+
+    def created(self, creation: Creation, record: UploadRecord) -> HttpResponse:
         response = _text(201, "Created")
-        response["Location"] = location
-        if with_upload:
+        response["Location"] = creation.location
+        if creation.with_upload:
             response["Upload-Offset"] = str(record.offset)
         self.set_expires(response, record)
         return response
@@ -319,6 +429,54 @@ class TusView(View):
         return response
 
     def patch(self, request: HttpRequest, upload_id: str) -> HttpResponse:
+        plan = self.patch_plan(request)
+        if isinstance(plan, HttpResponse):
+            return plan
+        stream, content_length = request_body(request)
+        service = get_service()
+        owner = owner_of(request)
+        try:
+            with polling_reads(request, float(conf.get("POLL_INTERVAL"))):
+                result = service.append(
+                    upload_id,
+                    owner,
+                    offset=plan.offset,
+                    stream=stream,
+                    content_length=content_length,
+                    length=plan.length,
+                    digest=plan.checksum,
+                    authorize=self.authorizer(request, "write"),
+                )
+        except errors.AlreadyComplete:
+            return self.patch_complete(service.get(upload_id, owner), plan.offset, content_length)
+        return self.patched(result.record)
+
+    async def patch_async(self, request: HttpRequest, upload_id: str) -> HttpResponse:
+        plan = self.patch_plan(request)
+        if isinstance(plan, HttpResponse):
+            return plan
+        content_length = _content_length(request)
+        service = get_service()
+        owner = await sync_to_async(owner_of)(request)
+        try:
+            result = await service.append_async(
+                upload_id,
+                owner,
+                offset=plan.offset,
+                body=request.upload_body,  # type: ignore[attr-defined]
+                content_length=content_length,
+                poll_interval=float(conf.get("POLL_INTERVAL")),
+                length=plan.length,
+                digest=plan.checksum,
+                authorize=self.authorizer(request, "write"),
+            )
+        except errors.AlreadyComplete:
+            record = await run_blocking(service.get, upload_id, owner)
+            return self.patch_complete(record, plan.offset, content_length)
+        return self.patched(result.record)
+
+    def patch_plan(self, request: HttpRequest) -> PatchPlan | HttpResponse:
+        """A PATCH's headers, checked before anything is read or locked."""
         if request.content_type != OFFSET_CONTENT_TYPE:
             return _text(415, f"PATCH requires Content-Type: {OFFSET_CONTENT_TYPE}")
         try:
@@ -330,27 +488,15 @@ class TusView(View):
             )
         except ValueError as exc:
             raise _invalid(exc) from None
-        checksum = self.checksum(request)
-        stream, content_length = request_body(request)
-        service = get_service()
-        owner = owner_of(request)
-        try:
-            with polling_reads(request, float(conf.get("POLL_INTERVAL"))):
-                result = service.append(
-                    upload_id,
-                    owner,
-                    offset=offset,
-                    stream=stream,
-                    content_length=content_length,
-                    length=length,
-                    digest=checksum,
-                    authorize=lambda record: self.check_permission(request, "write", record),
-                )
-        except errors.AlreadyComplete:
-            return self.patch_complete(service.get(upload_id, owner), offset, content_length)
+        return PatchPlan(offset, length, self.checksum(request))
+
+    def authorizer(self, request: HttpRequest, action: str) -> Callable[[UploadRecord], None]:
+        return lambda record: self.check_permission(request, action, record)
+
+    def patched(self, record: UploadRecord) -> HttpResponse:
         response = _empty(204)
-        response["Upload-Offset"] = str(result.record.offset)
-        self.set_expires(response, result.record)
+        response["Upload-Offset"] = str(record.offset)
+        self.set_expires(response, record)
         return response
 
     def patch_complete(self, record: UploadRecord, offset: int, content_length: int | None) -> HttpResponse:
@@ -368,3 +514,13 @@ class TusView(View):
             upload_id, owner_of(request), authorize=lambda record: self.check_permission(request, "delete", record)
         )
         return _empty(204)
+
+
+async def stream_view(request: HttpRequest, *args: Any, upload_id: str | None = None, **kwargs: Any) -> HttpResponse:
+    """The tus endpoint for a request whose body arrives on an event loop (see ``tusbridge.asgi``)."""
+    view = TusView()
+    view.setup(request, *args, upload_id=upload_id, **kwargs)
+    return await view.dispatch_async(request, upload_id)
+
+
+stream_view.csrf_exempt = True  # type: ignore[attr-defined]  # as TusView (see the module docstring)
