@@ -11,6 +11,7 @@ bounds; and every held upload then finishes with the right bytes.
 from __future__ import annotations
 
 import os
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -35,6 +36,7 @@ from tests.live_support import (
     upload_id_of,
 )
 
+LOCK_TTL = 2.0
 HELD = 300  # far more than any thread pool of the threaded workers
 SIZE = 64 * 1024
 FIRST = 1000  # bytes each held PATCH sends before it goes quiet
@@ -71,8 +73,19 @@ def server(
     env = {
         "TUSBRIDGE_TEST_REDIS_URL": f"{redis_server.url}?client_name={client_name}",
         "TUSBRIDGE_TEST_REDIS_MAX_CONNECTIONS": str(MAX_REDIS_CONNECTIONS),
+        "TUSBRIDGE_TEST_LOCK_TTL": str(LOCK_TTL),
     }
     return gunicorn_factory(env, workers=1, worker_class=deployment)
+
+
+def patch_headers(session: requests.Session, offset: int, length: int) -> dict[str, str]:
+    return {
+        "Tus-Resumable": TUS_VERSION,
+        "Cookie": cookie_header(session),
+        "Content-Type": OFFSET_CT,
+        "Upload-Offset": str(offset),
+        "Content-Length": str(length),
+    }
 
 
 def threads_of(server: GunicornServer) -> int:
@@ -97,14 +110,7 @@ def test_one_worker_holds_hundreds_of_slow_uploads_and_answers_a_newcomer_at_onc
     held: list[RawRequest] = []
     try:
         for index, url in enumerate(urls):
-            headers = {
-                "Tus-Resumable": TUS_VERSION,
-                "Cookie": cookie_header(session),
-                "Content-Type": OFFSET_CT,
-                "Upload-Offset": "0",
-                "Content-Length": str(SIZE),
-            }
-            request = RawRequest(server, "PATCH", path_of(url), headers)
+            request = RawRequest(server, "PATCH", path_of(url), patch_headers(session, 0, SIZE))
             request.send(body_of(index)[:FIRST])
             held.append(request)
         # Every one of them is in flight at once: each holds its upload's lock.
@@ -147,14 +153,7 @@ def test_one_worker_holds_hundreds_of_slow_uploads_and_answers_a_newcomer_at_onc
 def test_a_held_upload_is_handed_to_its_reconnecting_client_within_a_second(server: GunicornServer) -> None:
     session = server.login("many-reconnect")
     url = create(server, session, SIZE)
-    headers = {
-        "Tus-Resumable": TUS_VERSION,
-        "Cookie": cookie_header(session),
-        "Content-Type": OFFSET_CT,
-        "Upload-Offset": "0",
-        "Content-Length": str(SIZE),
-    }
-    stalled = RawRequest(server, "PATCH", path_of(url), headers)
+    stalled = RawRequest(server, "PATCH", path_of(url), patch_headers(session, 0, SIZE))
     try:
         stalled.send(body_of(1)[:FIRST])
         poll(lambda: is_locked(server, upload_id_of(url)) or None, "the stalled PATCH to hold the upload")
@@ -169,3 +168,51 @@ def test_a_held_upload_is_handed_to_its_reconnecting_client_within_a_second(serv
     finally:
         stalled.close()
     assert data_of(server, upload_id_of(url)) == body_of(1)
+
+
+def trickle(request: RawRequest, data: bytes, piece: int, every: float) -> None:
+    """Send ``data`` in pieces, one every ``every`` seconds, until it is sent or the server stops reading."""
+    for start in range(0, len(data), piece):
+        try:
+            request.send(data[start : start + piece])
+        except OSError:
+            return
+        time.sleep(every)
+
+
+def test_a_body_that_trickles_for_longer_than_the_lock_ttl_keeps_its_lock(server: GunicornServer) -> None:
+    session = server.login("many-trickle")
+    data = body_of(3)[:40_000]
+    url = create(server, session, len(data))
+    request = RawRequest(server, "PATCH", path_of(url), patch_headers(session, 0, len(data)))
+    started = time.monotonic()
+    trickle(request, data, 500, 0.07)  # never silent for a poll interval, 2.8 s in all
+    assert time.monotonic() - started > LOCK_TTL
+    answer = request.response()
+    assert answer.status == 204, (answer.status, answer.body)
+    assert answer.headers["Upload-Offset"] == str(len(data))
+    assert data_of(server, upload_id_of(url)) == data
+
+
+def test_a_reconnecting_client_gets_an_upload_whose_body_still_trickles(server: GunicornServer) -> None:
+    session = server.login("many-trickle-reconnect")
+    data = body_of(4)[:60_000]
+    url = create(server, session, len(data))
+    old = RawRequest(server, "PATCH", path_of(url), patch_headers(session, 0, len(data)))
+    sender = threading.Thread(target=trickle, args=(old, data[:30_000], 500, 0.07))
+    sender.start()
+    try:
+        poll(lambda: is_locked(server, upload_id_of(url)) or None, "the trickling PATCH to hold the upload")
+        time.sleep(0.5)
+        waited = time.monotonic()
+        offset = head_offset(server, session, url)
+        waited = time.monotonic() - waited
+        assert waited < 2.5, f"the reconnecting client waited {waited:.2f} s"
+        assert 0 < offset <= 30_000
+    finally:
+        sender.join()
+        old.close()
+    offset = head_offset(server, session, url)
+    response = patch(session, url, offset, data[offset:])
+    assert response.status_code == 204, response.text
+    assert data_of(server, upload_id_of(url)) == data

@@ -20,6 +20,9 @@ logger = logging.getLogger("tusbridge")
 
 T = TypeVar("T")
 
+# The first buffer a body is read into (see ``AppendSession.pump``).
+FIRST_BUFFER = 64 * 1024
+
 # A body read on an event loop is written in batches of up to this many bytes,
 # or of whatever arrived in FLUSH_INTERVAL seconds, so that a slow client's many
 # small pieces cost few hand-overs to a thread.
@@ -185,9 +188,11 @@ class AppendSession:
         """
         read_size, idle_timeout = self.service.read_size, self.service.idle_timeout
         idle_since: float | None = None
-        # A stream that can fill a buffer is read into one, reused for every piece.
+        # A stream that can fill a buffer is read into one, reused for every piece. It
+        # starts small and grows while reads fill it: a slow client's upload in flight
+        # keeps a small buffer, a fast one's soon reads read_size at a time.
         readinto = getattr(stream, "readinto", None)
-        buffer = memoryview(bytearray(read_size)) if readinto is not None else None
+        buffer = memoryview(bytearray(min(read_size, FIRST_BUFFER))) if readinto is not None else None
         while True:
             if self.lock.release_requested():
                 self._store_buffered(stream, digest)
@@ -221,6 +226,8 @@ class AppendSession:
             self.write(piece)
             if digest is not None:
                 digest.update(piece)
+            if buffer is not None and len(piece) == len(buffer) < read_size:
+                buffer = memoryview(bytearray(min(read_size, 4 * len(buffer))))
 
     async def pump_async(
         self, body: AsyncReadable, digest: Digest | None, *, poll_interval: float

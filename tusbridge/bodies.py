@@ -8,13 +8,17 @@ from __future__ import annotations
 
 import io
 import socket
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 from django.http import HttpRequest
 
-from .appending import Readable
+from .appending import FLUSH_INTERVAL, Readable
+
+# The longest a read from gunicorn's socket gathers pieces after the first (see _SocketBody).
+GATHER_FOR = FLUSH_INTERVAL
 
 
 def reader_for(request: HttpRequest, length: int) -> Readable:
@@ -123,7 +127,13 @@ class _SocketBody:
         self._body.failed = True  # gunicorn must not reuse the connection
 
     def readinto(self, view: memoryview) -> int:
-        """Up to ``len(view)`` bytes; raises TimeoutError only when none arrived in time."""
+        """Up to ``len(view)`` bytes; raises TimeoutError only when none arrived in time.
+
+        Pieces are gathered until ``view`` is full, but for no longer than
+        ``GATHER_FOR`` seconds after the first: a slow client's bytes are
+        then stored (and the lock renewed, release requests heard) at least
+        that often, however large the buffer.
+        """
         if self._leftover:
             n = min(len(view), len(self._leftover))
             view[:n] = self._leftover[:n]
@@ -131,7 +141,13 @@ class _SocketBody:
             return n
         want = min(len(view), self._reader.length)
         got = 0
+        started = 0.0
         while got < want:
+            if got:
+                if not started:
+                    started = time.monotonic()
+                elif time.monotonic() - started >= GATHER_FOR:
+                    break
             try:
                 n = self._socket.recv_into(view[got:want])
             except TimeoutError:
