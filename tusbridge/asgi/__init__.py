@@ -24,7 +24,8 @@ from contextvars import ContextVar
 from typing import Any
 
 import django
-from django.core.handlers.asgi import ASGIHandler, get_script_prefix
+from django.conf import settings
+from django.core.handlers.asgi import ASGIHandler
 from django.http import HttpRequest
 from django.urls import Resolver404, ResolverMatch, get_resolver
 
@@ -101,7 +102,7 @@ def _streams(scope: dict[str, Any]) -> bool:
     content_type = next((value for name, value in scope.get("headers", ()) if name == b"content-type"), b"")
     if content_type.split(b";", 1)[0].strip().lower() != _OFFSET_CONTENT_TYPE:
         return False
-    path, prefix = scope.get("path", ""), get_script_prefix(scope)
+    path, prefix = scope.get("path", ""), settings.FORCE_SCRIPT_NAME or scope.get("root_path", "")
     path_info = path.removeprefix(prefix) if prefix else path  # as ASGIRequest finds it
     try:
         match = get_resolver().resolve(path_info or "/")
