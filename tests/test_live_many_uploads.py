@@ -35,6 +35,7 @@ from tests.live_support import (
     poll,
     upload_id_of,
 )
+from tests.test_legacy_live import CHUNK, logged_in, send_chunk
 
 LOCK_TTL = 2.0
 HELD = 300  # far more than any thread pool of the threaded workers
@@ -216,3 +217,59 @@ def test_a_reconnecting_client_gets_an_upload_whose_body_still_trickles(server: 
     response = patch(session, url, offset, data[offset:])
     assert response.status_code == 204, response.text
     assert data_of(server, upload_id_of(url)) == data
+
+
+def legacy_body(token: str, upload_id: str, piece: bytes, boundary: str) -> bytes:
+    """A jQuery-File-Upload chunk's multipart body: fields first, then the file part."""
+    fields = {"csrfmiddlewaretoken": token, "upload_id": upload_id}
+    parts = [
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode()
+        for name, value in fields.items()
+    ]
+    parts.append(
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="a.bin"\r\n'
+        "Content-Type: application/octet-stream\r\n\r\n".encode()
+        + piece
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    return b"".join(parts)
+
+
+def test_trickling_legacy_chunks_do_not_hold_the_redis_connections(
+    gunicorn_factory: Callable[..., GunicornServer], deployment: str
+) -> None:
+    """Each chunk's lock request is answered while its bytes trickle: more chunks than connections all succeed."""
+    server = gunicorn_factory(
+        {"TUSBRIDGE_TEST_REDIS_MAX_CONNECTIONS": "4", "TUSBRIDGE_TEST_REDIS_TIMEOUT": "2"},
+        workers=1,
+        worker_class=deployment,
+    )
+    session, token = logged_in(server, "many-legacy")
+    tail, count = 6_000, 12  # the second chunk of each upload trickles in (about 3 s)
+    data = [(body_of(10 + i) * 2)[: CHUNK + tail] for i in range(count)]
+    ids = []
+    for whole in data:
+        response = send_chunk(server, session, token, whole, 0, None)  # the first CHUNK bytes
+        assert response.status_code == 200, response.text
+        ids.append(response.json()["upload_id"])
+    held = []
+    for index, upload_id in enumerate(ids):
+        boundary = f"b{index:04d}"
+        body = legacy_body(token, upload_id, data[index][CHUNK:], boundary)
+        headers = {
+            "Cookie": cookie_header(session),
+            "Content-Type": f"multipart/form-data; boundary={boundary}",
+            "Content-Range": f"bytes {CHUNK}-{CHUNK + tail - 1}/{CHUNK + tail}",
+            "X-Requested-With": "XMLHttpRequest",
+            "Content-Length": str(len(body)),
+        }
+        held.append((RawRequest(server, "POST", "/files/", headers), body))
+    senders = [threading.Thread(target=trickle, args=(request, body, 400, 0.2)) for request, body in held]
+    for sender in senders:
+        sender.start()
+    for sender in senders:
+        sender.join()
+    answers = [request.response() for request, _ in held]
+    assert [a.status for a in answers] == [200] * count, [(a.status, a.body[:100]) for a in answers]
+    for upload_id, whole in zip(ids, data, strict=True):
+        assert data_of(server, upload_id) == whole

@@ -34,6 +34,9 @@ from .exceptions import ChunkedUploadError
 from .models import legacy_error
 from .multipart import ChunkBodyParser
 
+# Seconds a chunk's lock request may wait for its bytes before its reply is read.
+LOCK_REPLY_WAIT = 0.05
+
 if TYPE_CHECKING:
     from .views import ChunkedUploadView
 
@@ -262,7 +265,13 @@ class DirectChunkHandler(FileUploadHandler):
     def receive_data_chunk(self, raw_data: bytes, start: int) -> bytes | None:
         if self.opening is not None:
             self._hold(raw_data)
-            if self.held_size < min(self.expected, self.view.service.read_size):
+            # The lock's reply is read once the chunk (or a read's worth of it) is
+            # here, or sooner if its bytes trickle in: until then it holds one of
+            # the process's few Redis connections.
+            if (
+                self.held_size < min(self.expected, self.view.service.read_size)
+                and time.monotonic() - self.opening.attempt.sent_at < LOCK_REPLY_WAIT
+            ):
                 return None
             return self._open()
         if self.session is None and self.failure is None:
