@@ -10,16 +10,22 @@ virtualenvs (benchmarks/.venvs), the tus Node server's packages (`npm ci`), a
 venv with matplotlib for the plot. Data lives in benchmarks/.data and is
 deleted between runs. Results go to benchmarks/results.json, REPORT.md and
 throughput.png.
+
+S8, S8L and S9 (many slow clients, a slow-client attack) use the second client,
+trickle.py, and are checked byte for byte; see README.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import hashlib
 import json
 import os
 import platform
+import re
+import resource
 import shutil
 import signal
 import socket
@@ -30,6 +36,7 @@ import sysconfig
 import tempfile
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +49,7 @@ SITES = HERE / "sites"
 NODE_DIR = HERE / "node"
 RESULTS = HERE / "results.json"
 
+KiB = 1 << 10
 MiB = 1 << 20
 GiB = 1 << 30
 # gunicorn's rule of thumb for every gunicorn server here, as the README recommends for tusbridge.
@@ -52,6 +60,13 @@ THREAD_WORKER = "tusbridge.workers.ThreadWorker"
 # Sync workers are killed when one request outlives --timeout (their heartbeat
 # stops while they handle it), so a single 1 GiB PATCH needs a long one.
 GUNICORN_TIMEOUT = 300
+# S8/S9 deployments: gunicorn's gevent worker (as many workers as the others, each
+# holding up to GEVENT_CONNECTIONS connections) and uvicorn on tusbridge's ASGI entry.
+GEVENT_WORKERS = 2 * (os.cpu_count() or 1) + 1
+GEVENT_CONNECTIONS = 10_000
+ASGI_WORKERS = 2 * (os.cpu_count() or 1) + 1
+ASGI_LIMIT_CONCURRENCY = 20_000
+ASGI_BACKLOG = 4096
 
 PEER_VENVS = {
     "chunked-upload": SITES / "chunked_upload_site" / "requirements.txt",
@@ -67,22 +82,32 @@ def log(message: str) -> None:
 # --- scenarios -------------------------------------------------------------------
 
 
+# S8/S9's protocols (trickle.py's modes): many slow uploads, and a slow-client attack.
+SLOW_PROTOCOLS = ("slow-tus", "slow-legacy", "attack")
+
+
 @dataclass
 class Scenario:
     key: str
     title: str
-    protocol: str  # tus | legacy | heads
+    protocol: str  # tus | legacy | heads | slow-tus | slow-legacy | attack
     size: int  # bytes per upload (heads: bytes stored in each idle upload)
     chunk: int  # bytes per request (0: the whole upload in one request)
     parallel: int = 1
-    count: int = 0  # heads: number of idle uploads
+    count: int = 0  # heads: number of idle uploads; slow-*: concurrent uploads; attack: other clients
     scaled: bool = True
+    rate: int = 0  # slow-*: bytes/s per upload
+
+    @property
+    def slow(self) -> bool:
+        return self.protocol in SLOW_PROTOCOLS
 
     def at_scale(self, scale: float) -> Scenario:
         if not self.scaled:
             return self
-        size = max(1, int(self.size * scale))
-        return Scenario(self.key, self.title, self.protocol, size, self.chunk, self.parallel, self.count, False)
+        if self.slow:  # --scale shrinks the number of uploads, not their size or rate
+            return dataclasses.replace(self, count=max(10, round(self.count * scale)), scaled=False)
+        return dataclasses.replace(self, size=max(1, int(self.size * scale)), scaled=False)
 
     @property
     def request_size(self) -> int:
@@ -97,6 +122,49 @@ SCENARIOS = [
     Scenario("S5", "legacy, 100 MiB in 100 000-byte chunks + md5 completion", "legacy", 100 * MiB, 100_000),
     Scenario("S6", "legacy, 1 GiB in 8 MiB chunks + md5 completion", "legacy", GiB, 8 * MiB),
     Scenario("S7", "200 concurrent HEADs on idle uploads", "heads", 4096, 0, count=200, scaled=False),
+    # Many slow clients (trickle.py): every upload's one PATCH (or legacy chunk) trickles in at `rate`.
+    *(
+        Scenario(
+            f"S8-{n}",
+            f"tus, {n} slow uploads at once: 1 MiB each in one PATCH at 32 KiB/s",
+            "slow-tus",
+            MiB,
+            0,
+            count=n,
+            rate=32 * KiB,
+        )
+        for n in (100, 1000, 2000)
+    ),
+    Scenario(
+        "S8-5000",
+        "tus, 5000 slow uploads at once: 256 KiB each in one PATCH at 8 KiB/s",
+        "slow-tus",
+        256 * KiB,
+        0,
+        count=5000,
+        rate=8 * KiB,
+    ),
+    *(
+        Scenario(
+            f"S8L-{n}",
+            f"legacy, {n} slow uploads at once: 500 000 bytes each in 100 000-byte chunks at 32 KiB/s + md5 completion",
+            "slow-legacy",
+            500_000,
+            100_000,
+            count=n,
+            rate=32 * KiB,
+        )
+        for n in (100, 1000)
+    ),
+    Scenario(
+        "S9",
+        "slow-client attack: 300 slowloris + 300 stalled PATCHes; 31 other clients create and PATCH",
+        "attack",
+        64 * KiB,
+        0,
+        count=31,
+        scaled=False,
+    ),
 ]
 
 
@@ -371,6 +439,7 @@ class Running:
     run_dir: Path
     locate: Callable[[dict], Path | None]
     logs: list[Path] = field(default_factory=list)
+    redis_port: int = 0  # the server's private redis-server (processes[0]), if it has one
 
     @property
     def roots(self) -> list[int]:
@@ -470,11 +539,29 @@ def gunicorn_cmd(python: str, module: str, port: int, worker_class: str) -> list
         "--log-level", "warning",
         *gunicorn_extra_args(python),
     ]  # fmt: skip
-    if worker_class != "sync":
+    if worker_class == "gevent":
+        # Each worker one greenlet per connection, up to GEVENT_CONNECTIONS; --reuse-port as below.
+        cmd[cmd.index("--workers") + 1] = str(GEVENT_WORKERS)
+        cmd += ["--worker-class", "gevent", "--worker-connections", str(GEVENT_CONNECTIONS), "--reuse-port"]
+    elif worker_class != "sync":
         # gthread or tusbridge's subclass of it (as the README recommends), with
         # --reuse-port: each worker has its own listening socket.
         cmd += ["--worker-class", worker_class, "--threads", str(GTHREAD_THREADS), "--reuse-port"]
     return cmd
+
+
+def uvicorn_cmd(python: str, module: str, port: int) -> list[str]:
+    return [
+        python, "-m", "uvicorn", module,
+        "--app-dir", str(SITES),
+        "--host", "127.0.0.1",
+        "--port", str(port),
+        "--workers", str(ASGI_WORKERS),
+        "--no-access-log",
+        "--log-level", "warning",
+        "--limit-concurrency", str(ASGI_LIMIT_CONCURRENCY),
+        "--backlog", str(ASGI_BACKLOG),
+    ]  # fmt: skip
 
 
 # --- servers -----------------------------------------------------------------------
@@ -487,6 +574,8 @@ class ServerSpec:
     protocols: tuple[str, ...]
     start: Callable[[Path, Path], Running]  # (run_dir, log_path)
     note: str = ""
+    # Protocols it also speaks, run only when the server is named in --servers.
+    on_request: tuple[str, ...] = ()
 
 
 class Toolbox:
@@ -555,6 +644,8 @@ class Toolbox:
     # Each start_* returns a Running server whose data goes to run_dir/uploads.
 
     def start_tusbridge(self, worker_class: str) -> Callable[[Path, Path], Running]:
+        """tusbridge's site under gunicorn with WORKER_CLASS, or under uvicorn (ASGI) for "uvicorn"."""
+
         def start(run_dir: Path, log_path: Path) -> Running:
             uploads = run_dir / "uploads"
             uploads.mkdir()
@@ -564,14 +655,20 @@ class Toolbox:
                 db = self.database("tusbridge_site", self.python, run_dir)
                 port = free_port()
                 env = self.site_env("tusbridge_site", db, redis_url, uploads)
-                cmd = gunicorn_cmd(self.python, "tusbridge_site.wsgi:application", port, worker_class)
+                if worker_class == "uvicorn":
+                    cmd, workers = uvicorn_cmd(self.python, "tusbridge_site.asgi:application", port), ASGI_WORKERS
+                else:
+                    cmd = gunicorn_cmd(self.python, "tusbridge_site.wsgi:application", port, worker_class)
+                    workers = GEVENT_WORKERS if worker_class == "gevent" else WORKERS
                 processes.append(spawn(cmd, log_path, env, SITES))
-                wait_ready(processes, port, WORKERS, log_path)
+                wait_ready(processes, port, workers, log_path)
             except BaseException:
                 for process in reversed(processes):
                     stop_process(process)
                 raise
-            return Running(f"http://127.0.0.1:{port}", processes, run_dir, lambda u: uploads / u["id"])
+            redis_port = int(redis_url.rsplit(":", 1)[1].split("/")[0])
+            return Running(f"http://127.0.0.1:{port}", processes, run_dir, lambda u: uploads / u["id"],
+                           redis_port=redis_port)  # fmt: skip
 
         return start
 
@@ -668,13 +765,28 @@ def server_specs(tools: Toolbox | None) -> list[ServerSpec]:
         ServerSpec(
             "tusbridge-threads",
             f"tusbridge, gunicorn {THREAD_WORKER} x{WORKERS}x{GTHREAD_THREADS}",
-            ("tus", "legacy", "heads"),
+            ("tus", "legacy", "heads", *SLOW_PROTOCOLS),
             t.start_tusbridge(THREAD_WORKER) if t else None,
+        ),
+        # Set up for S8/S9; S1-S7 run on them only when they are named in --servers.
+        ServerSpec(
+            "tusbridge-gevent",
+            f"tusbridge, gunicorn gevent x{GEVENT_WORKERS} (--worker-connections {GEVENT_CONNECTIONS})",
+            SLOW_PROTOCOLS,
+            t.start_tusbridge("gevent") if t else None,
+            on_request=("tus", "legacy", "heads"),
+        ),
+        ServerSpec(
+            "tusbridge-asgi",
+            f"tusbridge, uvicorn (ASGI) x{ASGI_WORKERS} (--limit-concurrency {ASGI_LIMIT_CONCURRENCY})",
+            SLOW_PROTOCOLS,
+            t.start_tusbridge("uvicorn") if t else None,
+            on_request=("tus", "legacy", "heads"),
         ),
         ServerSpec(
             "tus-node",
             "@tus/server 2.4.5 + file-store (Node, 1 process)",
-            ("tus", "heads"),
+            ("tus", "heads", "slow-tus", "attack"),
             t.start_node if t else None,
         ),
         ServerSpec(
@@ -686,7 +798,7 @@ def server_specs(tools: Toolbox | None) -> list[ServerSpec]:
         ServerSpec(
             "chunked-upload",
             f"django-chunked-upload 2.0.0 (Django 3.2), gunicorn sync x{WORKERS}",
-            ("legacy",),
+            ("legacy", "slow-legacy"),
             t.start_chunked_upload if t else None,
         ),
         ServerSpec(
@@ -844,6 +956,313 @@ def verify(server: Running, uploads: list[dict], sha256: str) -> tuple[bool | No
     return True, f"{len(uploads)}/{len(uploads)} match"
 
 
+# --- S8/S9: many slow clients, a slow-client attack -----------------------------------
+
+
+def redis_command(sock: socket.socket, *words: str) -> bytes:
+    """Send one command (RESP) and return its reply: a simple or bulk string (enough for CLIENT and INFO)."""
+    request = f"*{len(words)}\r\n" + "".join(f"${len(w.encode())}\r\n{w}\r\n" for w in words)
+    sock.sendall(request.encode())
+    data = b""
+    while b"\r\n" not in data:
+        more = sock.recv(65536)
+        if not more:
+            raise OSError("redis closed the connection")
+        data += more
+    line, _, rest = data.partition(b"\r\n")
+    if line.startswith(b"$"):
+        length = int(line[1:])
+        while len(rest) < length + 2:
+            more = sock.recv(max(65536, length + 2 - len(rest)))
+            if not more:
+                raise OSError("redis closed the connection")
+            rest += more
+        return rest[:length]
+    if line.startswith(b"-"):
+        raise OSError(line.decode(errors="replace"))
+    return line[1:]
+
+
+class RedisSampler:
+    """Peak number of connections to the server's private redis-server, in total and per server process.
+
+    Every ``interval`` s: CLIENT LIST gives each client's port; /proc/net/tcp maps
+    the port of a connection to redis-server's port to its socket inode; the fds of
+    the server's processes (/proc/PID/fd) map the inode to the process holding it
+    (cached: pooled connections live long, so the fds are scanned only when an
+    unknown connection shows up).
+    """
+
+    NAME = "bench-sampler"
+
+    def __init__(self, redis_port: int, redis_pid: int, tree: TreeSampler, interval: float = 0.5) -> None:
+        self.port, self.redis_pid, self.tree, self.interval = redis_port, redis_pid, tree, interval
+        self.peak_total = self.peak_per_process = self.peak_unmapped = self.samples = 0
+        self.peak_by_pid: dict[int, int] = {}
+        self.rejected = None
+        self.failure = ""
+        self.owner: dict[int, int] = {}  # socket inode -> pid
+        self._sock: socket.socket | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def _client_ports(self) -> list[int]:
+        if self._sock is None:
+            self._sock = socket.create_connection(("127.0.0.1", self.port), timeout=10)
+            redis_command(self._sock, "CLIENT", "SETNAME", self.NAME)
+        text = redis_command(self._sock, "CLIENT", "LIST").decode(errors="replace")
+        ports = []
+        for line in text.splitlines():
+            fields = dict(f.split("=", 1) for f in line.split() if "=" in f)
+            if fields.get("name") != self.NAME and "addr" in fields:
+                ports.append(int(fields["addr"].rsplit(":", 1)[1]))
+        return ports
+
+    def _inodes(self, ports: set[int]) -> dict[int, int]:
+        """client port -> socket inode, for connections to redis-server's port."""
+        remote = f":{self.port:04X} "
+        found = {}
+        with open("/proc/net/tcp") as fh:
+            for line in fh:
+                if remote not in line:
+                    continue
+                fields = line.split()
+                local_port = int(fields[1].rsplit(":", 1)[1], 16)
+                if fields[2].endswith(remote.strip()) and local_port in ports:
+                    found[local_port] = int(fields[9])
+        return found
+
+    def _scan(self, wanted: set[int]) -> None:
+        for pid in self.tree.pids():
+            if pid == self.redis_pid:
+                continue
+            try:
+                fds = os.listdir(f"/proc/{pid}/fd")
+            except OSError:
+                continue
+            for fd in fds:
+                try:
+                    target = os.readlink(f"/proc/{pid}/fd/{fd}")
+                except OSError:
+                    continue
+                if target.startswith("socket:["):
+                    inode = int(target[8:-1])
+                    if inode in wanted:
+                        self.owner[inode] = pid
+
+    def sample(self) -> None:
+        ports = self._client_ports()
+        self.samples += 1
+        self.peak_total = max(self.peak_total, len(ports))
+        inodes = self._inodes(set(ports))
+        unknown = {i for i in inodes.values() if i not in self.owner}
+        if unknown:
+            self._scan(unknown)
+        per_pid: Counter[int] = Counter(self.owner.get(i, 0) for i in inodes.values())
+        unmapped = per_pid.pop(0, 0) + len(ports) - len(inodes)
+        self.peak_unmapped = max(self.peak_unmapped, unmapped)
+        for pid, n in per_pid.items():
+            self.peak_by_pid[pid] = max(self.peak_by_pid.get(pid, 0), n)
+        self.peak_per_process = max([self.peak_per_process, *per_pid.values()])
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.sample()
+            except (OSError, ValueError) as exc:
+                self.failure = f"{type(exc).__name__}: {exc}"
+                if self._sock is not None:
+                    self._sock.close()
+                    self._sock = None
+
+    def start(self) -> None:
+        try:
+            self.sample()
+        except (OSError, ValueError) as exc:
+            self.failure = f"{type(exc).__name__}: {exc}"
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        try:
+            self.sample()
+            info = redis_command(self._sock, "INFO", "stats").decode(errors="replace")
+            match = re.search(r"rejected_connections:(\d+)", info)
+            self.rejected = int(match.group(1)) if match else None
+        except (OSError, ValueError, AttributeError) as exc:
+            self.failure = self.failure or f"{type(exc).__name__}: {exc}"
+        if self._sock is not None:
+            self._sock.close()
+
+    def record(self) -> dict:
+        return {
+            "redis_peak_total": self.peak_total,
+            "redis_peak_per_process": self.peak_per_process,
+            "redis_peak_by_process": sorted(self.peak_by_pid.values(), reverse=True),
+            "redis_peak_unmapped": self.peak_unmapped,
+            "redis_rejected": self.rejected,
+            "redis_samples": self.samples,
+            "redis_sampler_failure": self.failure,
+        }
+
+
+_EXCEPTION_LINE = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception|Timeout|Exit)\b.*)$")
+# Django's request log: "Service Unavailable: /api/chunked_upload/" (5xx answers).
+_HTTP_ERROR_LINE = re.compile(r"^((?:[A-Z][a-z]+ )*[A-Z][a-z]+: /\S*)$")
+
+
+def summarize_log(path: Path, limit: int = 32 * MiB) -> dict:
+    """What the server logged during the run: tracebacks, worker timeouts and kills, the commonest errors."""
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(max(0, path.stat().st_size - limit))
+            text = fh.read().decode(errors="replace")
+    except OSError:
+        return {}
+    errors = Counter(
+        m.group(1)[:160]
+        for line in text.splitlines()
+        if (m := _EXCEPTION_LINE.match(line.strip()) or _HTTP_ERROR_LINE.match(line.strip()))
+    )
+    return {
+        "tracebacks": text.count("Traceback (most recent call last)"),
+        "too_many_connections": text.count("Too many connections"),
+        "worker_timeouts": text.count("WORKER TIMEOUT"),
+        "worker_exits": len(re.findall(r"Worker \(pid:\d+\) (?:was sent|exited)", text)),
+        "top_errors": [f"{n} x {line}" for line, n in errors.most_common(5)],
+    }
+
+
+def slow_command(scenario: Scenario, url: str, name: str) -> list[str]:
+    cmd = [sys.executable, str(HERE / "trickle.py")]
+    if scenario.protocol == "attack":
+        return [*cmd, "attack", "--url", f"{url}/files/", "--ops", str(scenario.count), "--name", name]
+    mode, path = ("tus", "files") if scenario.protocol == "slow-tus" else ("legacy", "api")
+    cmd += [mode, "--url", f"{url}/{path}/", "--count", str(scenario.count), "--size", str(scenario.size),
+            "--rate", str(scenario.rate), "--name", name]  # fmt: skip
+    if scenario.chunk:
+        cmd += ["--chunk", str(scenario.chunk)]
+    return cmd
+
+
+def slow_timeout(scenario: Scenario) -> float:
+    """The harness's bound on one trickle.py run (the client bounds itself well inside it)."""
+    if scenario.protocol == "attack":
+        return 400.0
+    ideal = scenario.size / scenario.rate + 2
+    return 1.5 * ideal + 10 + 30 + 180  # its deadline, the probes' timeout, set-up and tear-down
+
+
+def verify_slow(server: Running, uploads: list[dict]) -> tuple[bool | None, str]:
+    """Every finished upload: the stored file's size, and every byte against trickle.expected_body."""
+    import trickle  # benchmarks/trickle.py, next to this file
+
+    if not uploads:
+        return None, "no upload finished"
+    bad = []
+    for upload in uploads:
+        path = server.locate(upload)
+        if path is None or not path.is_file():
+            bad.append(f"{upload['id']}: no stored file")
+            continue
+        size = path.stat().st_size
+        if size != upload["size"]:
+            bad.append(f"{upload['id']}: {size} bytes stored, not {upload['size']}")
+            continue
+        with open(path, "rb") as fh:
+            if fh.read() != trickle.expected_body(upload["index"], upload["size"]):
+                bad.append(f"{upload['id']}: right size, wrong bytes")
+    if bad:
+        return False, f"{len(bad)}/{len(uploads)} wrong: " + "; ".join(bad[:3])
+    return True, f"{len(uploads)}/{len(uploads)} match (size and every byte)"
+
+
+SLOW_FIELDS = (
+    "count", "finished", "unfinished", "wall", "ideal", "wall_ideal", "error_count", "upload_errors", "error_kinds",
+    "probe", "create", "patch", "durations", "held_peak", "kernel_absorbs", "deadline", "rate", "size", "chunk",
+    "piece", "sndbuf", "stagger", "bytes", "requests", "trickle_sends", "slowloris", "stalled", "stalled_created",
+    "attack_connections", "attack_fates", "setup_s", "hold",
+)  # fmt: skip
+
+
+def run_slow(spec: ServerSpec, scenario: Scenario, repeat: int) -> dict:
+    """One S8/S9 run: trickle.py against a fresh server, sampled (RSS, CPU, Redis connections) and verified."""
+    run_dir = DATA / "run"
+    shutil.rmtree(run_dir, ignore_errors=True)
+    run_dir.mkdir(parents=True)
+    logs = DATA / "logs"
+    logs.mkdir(exist_ok=True)
+    log_path = logs / f"{scenario.key}-{spec.key}-r{repeat}.log"
+    log_path.unlink(missing_ok=True)
+    os.sync()
+    record = {"scenario": scenario.key, "server": spec.key, "repeat": repeat, "ok": False, "errors": []}
+    server = None
+    for attempt in (1, 2):
+        try:
+            server = spec.start(run_dir, log_path)
+            break
+        except Exception as exc:  # noqa: BLE001
+            record["errors"] = [f"start: {exc}"]
+            shutil.rmtree(run_dir, ignore_errors=True)
+            run_dir.mkdir(parents=True)
+            if attempt == 2 or "could not be installed" in str(exc):
+                shutil.rmtree(run_dir, ignore_errors=True)
+                return record
+    record["errors"] = []
+    try:
+        sampler = TreeSampler(server.roots)
+        redis = RedisSampler(server.redis_port, server.roots[0], sampler) if server.redis_port else None
+        sampler.start()
+        if redis:
+            redis.start()
+        result, client_cpu = run_client(slow_command(scenario, server.url, f"{scenario.key}-{repeat}"),
+                                        slow_timeout(scenario))  # fmt: skip
+        if redis:
+            redis.stop()
+        sampler.stop()
+        alive = all(p.poll() is None for p in server.processes)
+        record.update({k: result[k] for k in SLOW_FIELDS if k in result})
+        record.update(
+            ok=bool(result.get("ok")) and alive,
+            errors=result.get("errors", []) + ([] if alive else ["a server process exited during the run"]),
+            peak_rss=sampler.peak_rss,
+            idle_rss=sampler.idle_rss,
+            cpu_s=sampler.cpu_seconds,
+            client_cpu_s=client_cpu,
+            **(redis.record() if redis else {}),
+        )
+        record["server_log"] = summarize_log(log_path)
+        record["sha256_ok"], record["sha256_detail"] = verify_slow(server, result.get("uploads", []))
+        record["verified"] = len(result.get("uploads", []))
+    finally:
+        server.stop()
+        shutil.rmtree(run_dir, ignore_errors=True)
+    return record
+
+
+def slow_summary(record: dict) -> str:
+    def ms(value: float | None) -> str:
+        return "–" if value is None else f"{1000 * value:.0f}"
+
+    if "patch" in record:  # S9
+        c, p = record.get("create") or {}, record.get("patch") or {}
+        text = (
+            f"create p50 {ms(c.get('p50'))} ms p99 {ms(c.get('p99'))} ms fail {c.get('failures')}; "
+            f"PATCH p50 {ms(p.get('p50'))} ms p99 {ms(p.get('p99'))} ms fail {p.get('failures')}"
+        )
+    else:
+        probe = record.get("probe") or {}
+        text = (
+            f"finished {record.get('finished')}/{record.get('count')} "
+            f"wall/ideal {record.get('wall_ideal') or 0:.2f} errors {record.get('error_count')} "
+            f"probe p50 {ms(probe.get('p50'))} ms p99 {ms(probe.get('p99'))} ms fail {probe.get('failures')}"
+        )
+    if "redis_peak_total" in record:
+        text += f" redis peak {record['redis_peak_total']} ({record['redis_peak_per_process']}/process)"
+    return text
+
+
 # --- machine ------------------------------------------------------------------------
 
 
@@ -892,48 +1311,142 @@ def machine_info(tools: Toolbox) -> dict:
 # --- main ----------------------------------------------------------------------------
 
 
+def report_paths(results: Path) -> tuple[Path, Path]:
+    """REPORT.md and throughput.png for benchmarks/results.json; NAME.md and NAME.png next to any other file."""
+    if results.resolve() == RESULTS:
+        return HERE / "REPORT.md", HERE / "throughput.png"
+    return results.with_suffix(".md"), results.with_suffix(".png")
+
+
+def merge_results(path: Path, payload: dict) -> dict:
+    """The runs of PATH that this run did not measure again, plus this run's.
+
+    A run of some scenarios or servers replaces only the (scenario, server) pairs it
+    measured; the rest of the file stays. The header (meta) stays the one of the run
+    that measured what is kept; each scenario this run measured records its own run
+    (``measured``), which the report shows where it differs.
+    """
+    if not path.exists():
+        return payload
+    old = json.loads(path.read_text())
+    measured = {(r["scenario"], r["server"]) for r in payload["runs"]}
+    scenario_keys = [s.key for s in SCENARIOS]
+    server_keys = [s.key for s in server_specs(None)]
+    kept = [r for r in old.get("runs", []) if (r["scenario"], r["server"]) not in measured
+            and r["scenario"] in scenario_keys and r["server"] in server_keys]  # fmt: skip
+    if not kept:
+        return payload
+    scenarios = {s["key"]: s for s in old.get("scenarios", [])}
+    scenarios.update({s["key"]: s for s in payload["scenarios"]})
+    servers = {s["key"]: s for s in old.get("servers", [])}
+    servers.update({s["key"]: s for s in payload["servers"]})
+    used_scenarios = {r["scenario"] for r in kept} | {r["scenario"] for r in payload["runs"]}
+    used_servers = {r["server"] for r in kept} | {r["server"] for r in payload["runs"]}
+    return {
+        # The kept run's header; settings it did not record yet (S8/S9's deployments) come from this run.
+        "meta": {**old["meta"], **{k: v for k, v in payload["meta"].items() if k not in old["meta"]}},
+        "scenarios": [scenarios[k] for k in scenario_keys if k in scenarios and k in used_scenarios],
+        "servers": [servers[k] for k in server_keys if k in servers and k in used_servers],
+        "runs": sorted(
+            kept + payload["runs"],
+            key=lambda r: (scenario_keys.index(r["scenario"]), r["repeat"], server_keys.index(r["server"])),
+        ),  # fmt: skip
+    }
+
+
+def raise_nofile() -> int:
+    """Soft RLIMIT_NOFILE up to the hard limit, here and so in every server and client started from here."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--scale", type=float, default=1.0, help="fraction of the upload sizes (0.1: a quick run)")
+    parser.add_argument(
+        "--scale",
+        type=float,
+        default=1.0,
+        help="fraction of the upload sizes (0.1: a quick run); for S8 the number of uploads",
+    )
     parser.add_argument("--repeats", type=int, default=3, help="runs per scenario and server")
-    parser.add_argument("--scenarios", default=",".join(s.key for s in SCENARIOS), help="e.g. S1,S5")
-    parser.add_argument("--servers", default="", help="comma-separated server keys (default: all)")
+    parser.add_argument(
+        "--slow-repeats",
+        type=int,
+        default=1,
+        help="runs per server of S8/S9 (each lasts about a minute; at most --repeats)",
+    )
+    parser.add_argument(
+        "--scenarios", default=",".join(s.key for s in SCENARIOS), help="e.g. S1,S5; S8 = every S8-N, S8L = every S8L-N"
+    )
+    parser.add_argument(
+        "--servers", default="", help="comma-separated server keys (default: every server set up for the scenarios)"
+    )
     parser.add_argument(
         "--tusbridge-ref",
         default="",
         help="benchmark this commit of tusbridge (git archive) instead of the work tree, e.g. HEAD",
     )
-    parser.add_argument("--report-only", action="store_true", help="rebuild REPORT.md and the plot from results.json")
+    parser.add_argument(
+        "--results",
+        type=Path,
+        default=RESULTS,
+        help="results file to merge into (default benchmarks/results.json, whose report is "
+        "REPORT.md + throughput.png; another FILE.json gets FILE.md + FILE.png)",
+    )
+    parser.add_argument(
+        "--fresh", action="store_true", help="replace the results file instead of merging this run's pairs into it"
+    )
+    parser.add_argument("--report-only", action="store_true", help="rebuild the report and the plot from --results")
     args = parser.parse_args(argv)
+    results_path = args.results.resolve()
 
     if not args.report_only:
+        raise_nofile()
         wanted = {k.strip().upper() for k in args.scenarios.split(",") if k.strip()}
-        scenarios = [s.at_scale(args.scale) for s in SCENARIOS if s.key in wanted]
+        scenarios = [s.at_scale(args.scale) for s in SCENARIOS
+                     if s.key in wanted or s.key.split("-")[0] in wanted]  # fmt: skip
+        if not scenarios:
+            parser.error(f"no scenario matches {args.scenarios!r}; known: {[s.key for s in SCENARIOS]}")
         keys = [s.key for s in server_specs(None)]
-        chosen = [k.strip() for k in args.servers.split(",") if k.strip()] or keys
-        unknown = set(chosen) - set(keys)
+        named = {k.strip() for k in args.servers.split(",") if k.strip()}
+        chosen = [k for k in keys if k in named] if named else keys
+        unknown = named - set(keys)
         if unknown:
             parser.error(f"unknown servers {sorted(unknown)}; known: {keys}")
+
+        def speaks(spec: ServerSpec) -> set[str]:
+            return set(spec.protocols) | (set(spec.on_request) if spec.key in named else set())
+
         protocols = {s.protocol for s in scenarios}
-        needed = {s.key for s in server_specs(None) if s.key in chosen and protocols & set(s.protocols)}
+        needed = {s.key for s in server_specs(None) if s.key in chosen and protocols & speaks(s)}
+        if not needed:
+            parser.error(f"none of the servers {chosen} speaks the protocols of {[s.key for s in scenarios]}")
 
         tools = Toolbox(needed, args.tusbridge_ref)
         ensure_venv("plot")
         specs = [s for s in server_specs(tools) if s.key in needed]
-        source, hashes = prepare_source({s.size for s in scenarios})
+        sizes = {s.size for s in scenarios if not s.slow}
+        source, hashes = prepare_source(sizes) if sizes else (None, {})
         runs = []
         started = time.monotonic()
         for scenario in scenarios:
-            servers = [s for s in specs if scenario.protocol in s.protocols]
+            servers = [s for s in specs if scenario.protocol in speaks(s)]
             timeout = max(300.0, 1200.0 * scenario.size * scenario.parallel / GiB)
-            for repeat in range(1, args.repeats + 1):
+            repeats = min(args.repeats, args.slow_repeats) if scenario.slow else args.repeats
+            for repeat in range(1, repeats + 1):
                 for spec in servers:
-                    log(f"{scenario.key} {spec.key} run {repeat}/{args.repeats}")
-                    record = run_one(spec, scenario, repeat, source, hashes, timeout)
-                    summary = (
-                        f"{record.get('mb_s', 0):.1f} MB/s" if scenario.protocol != "heads" else
-                        f"p50 {1000 * (record.get('p50') or 0):.1f} ms p99 {1000 * (record.get('p99') or 0):.1f} ms"
-                    )  # fmt: skip
+                    log(f"{scenario.key} {spec.key} run {repeat}/{repeats}")
+                    if scenario.slow:
+                        record = run_slow(spec, scenario, repeat)
+                        summary = slow_summary(record)
+                    else:
+                        record = run_one(spec, scenario, repeat, source, hashes, timeout)
+                        summary = (
+                            f"{record.get('mb_s', 0):.1f} MB/s" if scenario.protocol != "heads" else
+                            f"p50 {1000 * (record.get('p50') or 0):.1f} ms p99 {1000 * (record.get('p99') or 0):.1f} ms"
+                        )  # fmt: skip
                     log(
                         f"  -> ok={record['ok']} {summary} cpu={record.get('cpu_s', 0):.2f}s "
                         f"rss={record.get('peak_rss', 0) / MiB:.0f}MiB sha256={record.get('sha256_ok')} "
@@ -941,16 +1454,28 @@ def main(argv: list[str] | None = None) -> int:
                     )
                     runs.append(record)
         shutil.rmtree(DATA / "run", ignore_errors=True)
+        info = machine_info(tools)
+        duration = round(time.monotonic() - started)
+        command = " ".join([Path(sys.executable).name, *sys.argv])
+        measured = {"date": info["date"], "command": command, "scale": args.scale, "repeats": args.repeats,
+                    "slow_repeats": args.slow_repeats, "duration_s": duration,
+                    "tusbridge_source": info["tusbridge_source"]}  # fmt: skip
+        for record in runs:  # which run measured it, once results of several runs are merged
+            record["measured"] = measured
         payload = {
             "meta": {
-                **machine_info(tools),
+                **info,
                 "scale": args.scale,
                 "repeats": args.repeats,
-                "command": " ".join([Path(sys.executable).name, *sys.argv]),
-                "duration_s": round(time.monotonic() - started),
+                "slow_repeats": args.slow_repeats,
+                "command": command,
+                "duration_s": duration,
                 "workers": WORKERS,
                 "gthread_threads": GTHREAD_THREADS,
                 "gunicorn_timeout": GUNICORN_TIMEOUT,
+                "gevent_workers": GEVENT_WORKERS,
+                "gevent_connections": GEVENT_CONNECTIONS,
+                "asgi_workers": ASGI_WORKERS,
             },
             "scenarios": [
                 {
@@ -961,18 +1486,24 @@ def main(argv: list[str] | None = None) -> int:
                     "request_size": s.request_size,
                     "parallel": s.parallel,
                     "count": s.count,
+                    "rate": s.rate,
+                    "measured": measured,
                 }
                 for s in scenarios
             ],  # fmt: skip
-            "servers": [{"key": s.key, "label": s.label, "protocols": list(s.protocols)} for s in specs],
+            "servers": [{"key": s.key, "label": s.label, "protocols": sorted(speaks(s))} for s in specs],
             "runs": runs,
         }
-        RESULTS.write_text(json.dumps(payload, indent=1))
-        log(f"wrote {RESULTS.relative_to(REPO)}")
+        if not args.fresh:
+            payload = merge_results(results_path, payload)
+        results_path.parent.mkdir(parents=True, exist_ok=True)
+        results_path.write_text(json.dumps(payload, indent=1))
+        log(f"wrote {results_path}")
 
+    report_md, plot_png = report_paths(results_path)
     plot_python = ensure_venv("plot")
-    _run([str(plot_python), str(HERE / "report.py"), str(RESULTS)])
-    log("wrote benchmarks/REPORT.md and benchmarks/throughput.png")
+    _run([str(plot_python), str(HERE / "report.py"), str(results_path), str(report_md), str(plot_png)])
+    log(f"wrote {report_md} and {plot_png}")
     return 0
 
 
