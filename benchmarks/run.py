@@ -750,37 +750,39 @@ class Toolbox:
 def server_specs(tools: Toolbox | None) -> list[ServerSpec]:
     t = tools
     return [
+        # The two deployments the README offers, on every scenario.
         ServerSpec(
-            "tusbridge-sync",
-            f"tusbridge, gunicorn sync x{WORKERS}",
-            ("tus", "legacy", "heads"),
-            t.start_tusbridge("sync") if t else None,
+            "tusbridge-gevent",
+            f"tusbridge, gunicorn gevent x{GEVENT_WORKERS} (--worker-connections {GEVENT_CONNECTIONS})",
+            ("tus", "legacy", "heads", *SLOW_PROTOCOLS),
+            t.start_tusbridge("gevent") if t else None,
         ),
         ServerSpec(
-            "tusbridge-gthread",
-            f"tusbridge, gunicorn gthread x{WORKERS}x{GTHREAD_THREADS}",
-            ("tus", "legacy", "heads"),
-            t.start_tusbridge("gthread") if t else None,
+            "tusbridge-asgi",
+            f"tusbridge, uvicorn (ASGI) x{ASGI_WORKERS} (--limit-concurrency {ASGI_LIMIT_CONCURRENCY})",
+            ("tus", "legacy", "heads", *SLOW_PROTOCOLS),
+            t.start_tusbridge("uvicorn") if t else None,
         ),
+        # tusbridge's threaded worker, the recommendation before the slow-client scenarios.
         ServerSpec(
             "tusbridge-threads",
             f"tusbridge, gunicorn {THREAD_WORKER} x{WORKERS}x{GTHREAD_THREADS}",
             ("tus", "legacy", "heads", *SLOW_PROTOCOLS),
             t.start_tusbridge(THREAD_WORKER) if t else None,
         ),
-        # Set up for S8/S9; S1-S7 run on them only when they are named in --servers.
+        # Other worker classes, run only when named in --servers.
         ServerSpec(
-            "tusbridge-gevent",
-            f"tusbridge, gunicorn gevent x{GEVENT_WORKERS} (--worker-connections {GEVENT_CONNECTIONS})",
-            SLOW_PROTOCOLS,
-            t.start_tusbridge("gevent") if t else None,
+            "tusbridge-sync",
+            f"tusbridge, gunicorn sync x{WORKERS}",
+            (),
+            t.start_tusbridge("sync") if t else None,
             on_request=("tus", "legacy", "heads"),
         ),
         ServerSpec(
-            "tusbridge-asgi",
-            f"tusbridge, uvicorn (ASGI) x{ASGI_WORKERS} (--limit-concurrency {ASGI_LIMIT_CONCURRENCY})",
-            SLOW_PROTOCOLS,
-            t.start_tusbridge("uvicorn") if t else None,
+            "tusbridge-gthread",
+            f"tusbridge, gunicorn gthread x{WORKERS}x{GTHREAD_THREADS}",
+            (),
+            t.start_tusbridge("gthread") if t else None,
             on_request=("tus", "legacy", "heads"),
         ),
         ServerSpec(
