@@ -121,6 +121,17 @@ def auth(session: requests.Session, **extra: str) -> dict[str, str]:
     return {**TUS, "Cookie": cookie_header(session), **extra}
 
 
+def patch_headers(session: requests.Session, offset: int, content_length: int) -> dict[str, str]:
+    """Headers of a tus PATCH sent by hand (``RawRequest``) for ``session``'s user."""
+    return {
+        "Tus-Resumable": TUS_VERSION,
+        "Cookie": cookie_header(session),
+        "Content-Type": OFFSET_CT,
+        "Upload-Offset": str(offset),
+        "Content-Length": str(content_length),
+    }
+
+
 def head(server: GunicornServer, session: requests.Session, url: str) -> requests.Response:
     """A HEAD on a fresh connection (gunicorn's sync workers close after each response)."""
     return requests.head(url, headers=auth(session), timeout=30)

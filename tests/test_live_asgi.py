@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import random
 import time
 from collections.abc import Callable
 
@@ -21,17 +20,18 @@ import requests
 from tusclient import client as tus_client
 
 from tests.conftest import GunicornServer, free_port
+from tests.legacy_helpers import payload
 from tests.live_support import (
     OFFSET_CT,
     TUS_VERSION,
     RawRequest,
     auth,
-    cookie_header,
     create,
     data_of,
     head_offset,
     is_locked,
     patch,
+    patch_headers,
     path_of,
     poll,
     record_of,
@@ -40,10 +40,6 @@ from tests.live_support import (
 from tests.test_legacy_live import CHUNK, logged_in, send_chunk, send_complete
 
 IDLE_TIMEOUT = 2.0
-
-
-def payload(size: int, seed: int) -> bytes:
-    return random.Random(seed).randbytes(size)
 
 
 @pytest.fixture(scope="module")
@@ -55,16 +51,6 @@ def server(gunicorn_factory: Callable[..., GunicornServer]) -> GunicornServer:
 @pytest.fixture(scope="module")
 def session(server: GunicornServer) -> requests.Session:
     return server.login("asgi-user")
-
-
-def patch_headers(session: requests.Session, offset: int, length: int) -> dict[str, str]:
-    return {
-        "Tus-Resumable": TUS_VERSION,
-        "Cookie": cookie_header(session),
-        "Content-Type": OFFSET_CT,
-        "Upload-Offset": str(offset),
-        "Content-Length": str(length),
-    }
 
 
 def test_tuspy_uploads_a_file_in_chunks(server: GunicornServer, session: requests.Session, tmp_path) -> None:

@@ -21,8 +21,6 @@ import requests
 
 from tests.conftest import GunicornServer, RedisServer
 from tests.live_support import (
-    OFFSET_CT,
-    TUS_VERSION,
     RawRequest,
     auth,
     cookie_header,
@@ -31,6 +29,7 @@ from tests.live_support import (
     head_offset,
     is_locked,
     patch,
+    patch_headers,
     path_of,
     poll,
     upload_id_of,
@@ -77,16 +76,6 @@ def server(
         "TUSBRIDGE_TEST_LOCK_TTL": str(LOCK_TTL),
     }
     return gunicorn_factory(env, workers=1, worker_class=deployment)
-
-
-def patch_headers(session: requests.Session, offset: int, length: int) -> dict[str, str]:
-    return {
-        "Tus-Resumable": TUS_VERSION,
-        "Cookie": cookie_header(session),
-        "Content-Type": OFFSET_CT,
-        "Upload-Offset": str(offset),
-        "Content-Length": str(length),
-    }
 
 
 def threads_of(server: GunicornServer) -> int:

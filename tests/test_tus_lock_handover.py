@@ -41,6 +41,7 @@ from tests.live_support import (
     is_locked,
     lock_key,
     patch,
+    patch_headers,
     path_of,
     poll,
     record_of,
@@ -82,16 +83,6 @@ def sync_session(sync_server: GunicornServer) -> Iterator[requests.Session]:
         yield s
     finally:
         s.close()
-
-
-def patch_headers(session: requests.Session, offset: int, content_length: int) -> dict[str, str]:
-    return {
-        "Tus-Resumable": TUS_VERSION,
-        "Cookie": cookie_header(session),
-        "Content-Type": OFFSET_CT,
-        "Upload-Offset": str(offset),
-        "Content-Length": str(content_length),
-    }
 
 
 def stall_patch(
