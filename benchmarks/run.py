@@ -25,7 +25,6 @@ import json
 import os
 import platform
 import re
-import resource
 import shutil
 import signal
 import socket
@@ -881,6 +880,24 @@ def run_client(cmd: list[str], timeout: float) -> tuple[dict, float]:
     return result, usage.ru_utime + usage.ru_stime
 
 
+def start_server(spec: ServerSpec, run_dir: Path, log_path: Path, record: dict) -> Running | None:
+    """Start the server, a second time when another process took the free port meanwhile.
+
+    None when it would not start; ``record["errors"]`` then says why.
+    """
+    for attempt in (1, 2):
+        try:
+            return spec.start(run_dir, log_path)
+        except Exception as exc:  # noqa: BLE001
+            record["errors"] = [f"start: {exc}"]
+            shutil.rmtree(run_dir, ignore_errors=True)
+            run_dir.mkdir(parents=True)
+            if attempt == 2 or "could not be installed" in str(exc):
+                shutil.rmtree(run_dir, ignore_errors=True)
+                return None
+    return None
+
+
 def run_one(spec: ServerSpec, scenario: Scenario, repeat: int, source: Path, hashes: dict, timeout: float) -> dict:
     run_dir = DATA / "run"
     shutil.rmtree(run_dir, ignore_errors=True)
@@ -891,19 +908,9 @@ def run_one(spec: ServerSpec, scenario: Scenario, repeat: int, source: Path, has
     log_path.unlink(missing_ok=True)
     os.sync()  # every run starts without the previous run's dirty pages
     record = {"scenario": scenario.key, "server": spec.key, "repeat": repeat, "ok": False, "errors": []}
-    server = None
-    for attempt in (1, 2):  # a second try when another process took the free port meanwhile
-        try:
-            server = spec.start(run_dir, log_path)
-            break
-        except Exception as exc:  # noqa: BLE001
-            record["errors"] = [f"start: {exc}"]
-            shutil.rmtree(run_dir, ignore_errors=True)
-            run_dir.mkdir(parents=True)
-            if attempt == 2 or "could not be installed" in str(exc):
-                shutil.rmtree(run_dir, ignore_errors=True)
-                return record
-    record["errors"] = []
+    server = start_server(spec, run_dir, log_path, record)
+    if server is None:
+        return record
     try:
         expected = hashes[scenario.size]
         cmd = client_command(scenario, server.url, source, expected["md5"], f"{scenario.key}-{repeat}")
@@ -1199,19 +1206,9 @@ def run_slow(spec: ServerSpec, scenario: Scenario, repeat: int) -> dict:
     log_path.unlink(missing_ok=True)
     os.sync()
     record = {"scenario": scenario.key, "server": spec.key, "repeat": repeat, "ok": False, "errors": []}
-    server = None
-    for attempt in (1, 2):
-        try:
-            server = spec.start(run_dir, log_path)
-            break
-        except Exception as exc:  # noqa: BLE001
-            record["errors"] = [f"start: {exc}"]
-            shutil.rmtree(run_dir, ignore_errors=True)
-            run_dir.mkdir(parents=True)
-            if attempt == 2 or "could not be installed" in str(exc):
-                shutil.rmtree(run_dir, ignore_errors=True)
-                return record
-    record["errors"] = []
+    server = start_server(spec, run_dir, log_path, record)
+    if server is None:
+        return record
     try:
         sampler = TreeSampler(server.roots)
         redis = RedisSampler(server.redis_port, server.roots[0], sampler) if server.redis_port else None
@@ -1356,14 +1353,6 @@ def merge_results(path: Path, payload: dict) -> dict:
     }
 
 
-def raise_nofile() -> int:
-    """Soft RLIMIT_NOFILE up to the hard limit, here and so in every server and client started from here."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard != resource.RLIM_INFINITY and soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
@@ -1405,7 +1394,9 @@ def main(argv: list[str] | None = None) -> int:
     results_path = args.results.resolve()
 
     if not args.report_only:
-        raise_nofile()
+        import trickle  # benchmarks/trickle.py, next to this file
+
+        trickle.raise_nofile()  # here, and so in every server and client started from here
         wanted = {k.strip().upper() for k in args.scenarios.split(",") if k.strip()}
         scenarios = [s.at_scale(args.scale) for s in SCENARIOS
                      if s.key in wanted or s.key.split("-")[0] in wanted]  # fmt: skip
