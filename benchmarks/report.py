@@ -368,9 +368,9 @@ def build(results: dict) -> tuple[str, dict]:
         f"{meta.get('chunked-upload_django_gunicorn', '–')}; "
         f"django-tus on {meta.get('django-tus_django_gunicorn', '–')}",
         f"- gunicorn servers: {meta['workers']} workers, `--timeout {meta['gunicorn_timeout']}`; gthread and "
-        f"tusbridge.workers.ThreadWorker (gthread whose threads wait up to 2 ms for a kept-alive connection's next "
-        f"request) with {meta['gthread_threads']} threads per worker and `--reuse-port` (a listening socket per "
-        "worker). "
+        "tusbridge.gunicorn.workers.ThreadWorker (gthread whose threads wait up to 2 ms for a kept-alive "
+        f"connection's next request) with {meta['gthread_threads']} threads per worker and `--reuse-port` "
+        "(a listening socket per worker). "
         "The tus Node server is one Node process.",
     ]
     if "django-floor" in labels:

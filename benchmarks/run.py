@@ -55,7 +55,7 @@ GiB = 1 << 30
 WORKERS = 2 * (os.cpu_count() or 1) + 1
 GTHREAD_THREADS = 4
 # The worker class the README recommends: gthread whose threads wait briefly for a connection's next request.
-THREAD_WORKER = "tusbridge.workers.ThreadWorker"
+THREAD_WORKER = "tusbridge.gunicorn.workers.ThreadWorker"
 # Sync workers are killed when one request outlives --timeout (their heartbeat
 # stops while they handle it), so a single 1 GiB PATCH needs a long one.
 GUNICORN_TIMEOUT = 300

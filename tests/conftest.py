@@ -415,7 +415,7 @@ def _gunicorn_version_args() -> list[str]:
 
 
 RECOMMENDED_WORKER_CLASS = "gevent"
-THREAD_WORKER_CLASS = "tusbridge.workers.ThreadWorker"
+THREAD_WORKER_CLASS = "tusbridge.gunicorn.workers.ThreadWorker"
 
 
 def _worker_class_args(worker_class: str | None, threads: int = 4) -> list[str]:

@@ -44,7 +44,7 @@ from tests.tus_helpers import (
     redis_client_fixture,  # noqa: F401
     redis_keys,
 )
-from tusbridge import md5state
+from tusbridge.chunked_upload import md5 as md5state
 from tusbridge.record import State
 
 pytestmark = [pytest.mark.django_db, pytest.mark.urls("tests.legacy_urls")]

@@ -1,4 +1,4 @@
-"""An upload's lock kept between back-to-back legacy chunks on one connection (``tusbridge.keeping``).
+"""An upload's lock kept between back-to-back legacy chunks on one connection (``tusbridge.gunicorn.keeping``).
 
 Live, under gunicorn with ``tusbridge.workers.ThreadWorker`` and a linger of
 half a second, so that a chunk sent right after the last one's answer always
@@ -20,7 +20,7 @@ from tests.conftest import THREAD_WORKER_CLASS
 from tests.legacy_helpers import payload
 from tests.live_support import data_of, is_locked, poll, record_of
 from tests.test_legacy_live import CHUNK, logged_in, send_chunk, send_complete
-from tusbridge import keeping
+from tusbridge.gunicorn import keeping
 from tusbridge.records.redis import _ACQUIRE_AND_GET
 
 if TYPE_CHECKING:

@@ -31,8 +31,9 @@ from tests.legacy_helpers import (
     upload_chunks,
 )
 from tests.tus_helpers import lock_key, redis_client_fixture  # noqa: F401
-from tusbridge import md5state
-from tusbridge.appending import AppendSession
+from tusbridge.chunked_upload import md5 as md5state
+from tusbridge.chunked_upload.md5 import RunningMD5
+from tusbridge.chunked_upload.models import LEGACY_RULES
 from tusbridge.data.filesystem import FileSystemDataStore
 from tusbridge.errors import LockLost
 from tusbridge.records.base import LockAttempt
@@ -67,7 +68,7 @@ def events(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
         return logged
 
     update = md5state.ResumableMD5.update
-    adopt = AppendSession.adopt_md5
+    adopt = RunningMD5.adopt
     writer = FileSystemDataStore.writer
 
     def logged_writer(self: FileSystemDataStore, upload_id: str, offset: int) -> Any:
@@ -85,14 +86,14 @@ def events(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
         log.append("md5")
         update(self, data)
 
-    def logged_adopt(self: AppendSession, md5: Any, base: bytes) -> bool:
-        adopted = adopt(self, md5, base)
+    def logged_adopt(self: RunningMD5, md5: Any, base: bytes, covering: int) -> bool:
+        adopted = adopt(self, md5, base, covering)
         log.append(f"adopted={adopted}")
         return adopted
 
     monkeypatch.setattr(RedisRecordStore, "request_lock_and_get", logged_request)
     monkeypatch.setattr(md5state.ResumableMD5, "update", logged_update)
-    monkeypatch.setattr(AppendSession, "adopt_md5", logged_adopt)
+    monkeypatch.setattr(RunningMD5, "adopt", logged_adopt)
     monkeypatch.setattr(FileSystemDataStore, "writer", logged_writer)
     yield log
 
@@ -234,12 +235,12 @@ def test_a_lock_that_ran_out_while_the_chunk_was_held_is_never_written_under(
     upload_id = _begin(client_logged_in, data)
     service = get_service()
     owner = service.records.get(upload_id).owner
-    pending = service.request_append(
-        upload_id, owner, offset=CHUNK, length=len(data), auto_complete=False, slide_expiry=False
-    )
+    pending = service.request_lock(upload_id)
     time.sleep(0.3)  # the part trickles in
     redis_client.set(lock_key(upload_id), "another-writer", px=60_000)  # the TTL ran out; someone took it
-    session = pending.open()
+    session = service.open_write(
+        upload_id, owner, offset=CHUNK, length=len(data), held=pending, rules=LEGACY_RULES, track=RunningMD5.resume
+    )
     with pytest.raises(LockLost):
         session.write(data[CHUNK:])
     session.abort()

@@ -1,4 +1,4 @@
-"""tusbridge.workers.ThreadWorker: gthread whose threads wait briefly for a connection's next request.
+"""tusbridge.gunicorn.workers.ThreadWorker: gthread whose threads wait briefly for a connection's next request.
 
 The probe subclass (tests/worker_probe.py) logs every hand-over of a
 connection to the thread pool and every wait for a new connection's first
@@ -250,7 +250,7 @@ def test_an_application_without_django_is_served(tmp_path: Path) -> None:
     with log.open("wb") as out:
         process = subprocess.Popen(
             [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}", "--workers", "1", "--threads", "2"]
-            + ["--worker-class", "tusbridge.workers.ThreadWorker", "tests.plain_wsgi:application"],
+            + ["--worker-class", "tusbridge.gunicorn.workers.ThreadWorker", "tests.plain_wsgi:application"],
             env=env,
             stdout=out,
             stderr=subprocess.STDOUT,

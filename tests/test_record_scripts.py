@@ -31,6 +31,7 @@ from tests.tus_helpers import (  # noqa: F401
     record_store,
     redis_client_fixture,
 )
+from tusbridge.errors import StoreUnavailable
 from tusbridge.record import State, UploadRecord, new_upload_id
 from tusbridge.records.base import AdvanceStatus
 from tusbridge.records.redis import RedisRecordStore
@@ -270,8 +271,9 @@ def test_a_silent_redis_is_asked_once_per_call(dropper: ReplyDropper) -> None:
         record = make_record(store)
         assert store.get_if_unlocked(record.id)[0]  # Redis knows the script; a connection is idle
         dropper.hanging = True
-        with pytest.raises(redis.exceptions.TimeoutError):
+        with pytest.raises(StoreUnavailable) as raised:
             store.get_if_unlocked(record.id)
+        assert isinstance(raised.value.__cause__, redis.exceptions.TimeoutError)
         assert dropper.swallowed_scripts == 1
     finally:
         dropper.hanging = False
@@ -432,8 +434,9 @@ def lock_request_during_a_freeze(redis_server: Any, store: RedisRecordStore, upl
     pid = redis_server.process.pid
     os.kill(pid, signal.SIGSTOP)
     try:
-        with pytest.raises(redis.exceptions.TimeoutError):
+        with pytest.raises(StoreUnavailable) as raised:
             store.acquire_lock_and_get(upload_id, 30)
+        assert isinstance(raised.value.__cause__, redis.exceptions.TimeoutError)
         time.sleep(0.2)
     finally:
         os.kill(pid, signal.SIGCONT)

@@ -237,7 +237,7 @@ def test_advance_refuses_an_expired_lock(store: RedisRecordStore, redis_client: 
 def test_advance_refuses_the_token_of_a_released_held_lock(store: RedisRecordStore) -> None:
     """A HeldLock that was let go must not be able to move the offset any more."""
     record = make_record(store)
-    lock, _ = locking.acquire(store, record.id, ttl=30, wait=0)
+    lock, _ = locking.lock_for_write(store, record.id, ttl=30, wait=0)
     lock.release()
     result = advance(store, record.id, lock.token, 0, 3)
     assert result.status is AdvanceStatus.LOCK_LOST

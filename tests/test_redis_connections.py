@@ -15,6 +15,7 @@ import redis
 from tests.together import run_together
 from tests.tus_helpers import make_record, prefix
 from tusbridge import locking
+from tusbridge.errors import StoreUnavailable
 from tusbridge.records.redis import RedisRecordStore, ReleaseRequests, client_for
 
 
@@ -121,7 +122,7 @@ def test_many_concurrent_requests_share_a_bounded_set_of_connections(
         record = records[index]
         offset = 0
         for _ in range(15):
-            lock, current = locking.acquire(store, record.id, ttl=30, wait=10)
+            lock, current = locking.lock_for_write(store, record.id, ttl=30, wait=10)
             assert current is not None and current.offset == offset
             assert not lock.release_requested()
             result = store.advance(
@@ -162,8 +163,9 @@ def test_a_request_that_finds_every_connection_busy_waits_then_fails_as_redis_un
     record = make_record(store)
     held = [store.request_lock_and_get(record.id, 1) for _ in range(2)]  # both direct connections lent
     started = time.monotonic()
-    with pytest.raises(redis.exceptions.ConnectionError):
+    with pytest.raises(StoreUnavailable) as raised:
         store.acquire_lock_and_get(record.id, 30)
+    assert isinstance(raised.value.__cause__, redis.exceptions.ConnectionError)
     assert time.monotonic() - started >= 0.5
     for attempt in held:
         attempt()

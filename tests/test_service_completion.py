@@ -28,11 +28,12 @@ from tests.tus_helpers import (
     tus,
     upload_id_of,
 )
-from tusbridge import errors, keeping, locking
-from tusbridge.appending import MAX_DEFERRED_MD5
-from tusbridge.md5state import ResumableMD5
+from tusbridge import errors, locking
+from tusbridge.chunked_upload.md5 import MAX_DEFERRED as MAX_DEFERRED_MD5
+from tusbridge.chunked_upload.md5 import ResumableMD5, RunningMD5
+from tusbridge.chunked_upload.models import LEGACY_RULES
 from tusbridge.record import State
-from tusbridge.service import UploadService, get_service
+from tusbridge.service import UploadService, WriteRules, get_service
 
 pytestmark = pytest.mark.django_db
 
@@ -97,7 +98,7 @@ def test_concurrent_completion_requests_complete_once(completions: list[Completi
     service = get_service()
     record = service.create(owner="7", protocol="tus", length=5)
     appended = service.append(
-        record.id, "7", offset=0, stream=io.BytesIO(b"12345"), content_length=5, auto_complete=False
+        record.id, "7", offset=0, stream=io.BytesIO(b"12345"), content_length=5, rules=WriteRules(auto_complete=False)
     )
     assert appended.completed is False
     assert completions == []
@@ -139,7 +140,9 @@ def test_concurrent_final_appends_complete_once(completions: list[Completion]) -
 def test_service_complete_refuses_an_unfinished_upload(completions: list[Completion]) -> None:
     service = get_service()
     record = service.create(owner="7", protocol="tus", length=5)
-    service.append(record.id, "7", offset=0, stream=io.BytesIO(b"123"), content_length=3, auto_complete=False)
+    service.append(
+        record.id, "7", offset=0, stream=io.BytesIO(b"123"), content_length=3, rules=WriteRules(auto_complete=False)
+    )
     with pytest.raises(errors.NotComplete):
         service.complete(record.id, "7")
     assert completions == []
@@ -254,16 +257,19 @@ def test_a_chunk_on_a_kept_lock_is_hashed_after_its_response_only_up_to_a_mebiby
     service = get_service()
     data = random.Random(5).randbytes(size)
     record = service.create(owner="7", protocol="legacy", length=size)
-    lock, record = locking.acquire(service.records, record.id, ttl=30, wait=0)
+    lock, record = locking.lock_for_write(service.records, record.id, ttl=30, wait=0)
     md5 = ResumableMD5()
-    session = service.resume_append(keeping.KeptLock(lock, record, md5), "7", auto_complete=False)
+    tracker = RunningMD5(record.id, md5)
+    tracker.fields_for_advance(0, keeping=True)  # as the chunk before it did: its lock was kept
+    kept = locking.KeptLock(lock, record, tracker)
+    session = service.open_write(record.id, "7", offset=0, held=kept, rules=LEGACY_RULES)
     view = memoryview(data)
     for start in range(0, size, 65_536):
         session.write(view[start : start + 65_536])
-    waiting = sum(map(len, session.unhashed or []))
+    waiting = sum(map(len, tracker._waiting or []))
     assert waiting == (size if size <= MAX_DEFERRED_MD5 else 0)
     if not waiting:
         assert md5.hexdigest() == hashlib.md5(data).hexdigest()  # every byte hashed, in order, before the commit
-    session.commit()
-    assert md5.hexdigest() == hashlib.md5(data).hexdigest()
+    service.commit(session)
+    assert tracker.md5.hexdigest() == hashlib.md5(data).hexdigest()
     assert data_of(record.id) == data

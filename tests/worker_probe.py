@@ -15,7 +15,7 @@ from typing import Any
 
 from gunicorn.workers import gthread
 
-from tusbridge.workers import ThreadWorker
+from tusbridge.gunicorn.workers import ThreadWorker
 
 
 def _log(variable: str) -> None:

@@ -1,4 +1,11 @@
-"""One request's write to an upload, from taking the lock to commit or abort."""
+"""One request's write to an upload, from taking the lock to commit or abort.
+
+Model: lock, write, advance, unlock. The session gets the stores and the
+limits it needs, never the service; ``commit`` says whether this write
+completed the upload, and the caller finishes it. What a protocol tracks
+about the bytes (the legacy protocol's running MD5) rides along as a
+``Tracker``; the tus path carries none.
+"""
 
 from __future__ import annotations
 
@@ -6,15 +13,15 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
-from . import keeping, md5state
-from .data import Writer
-from .locking import HeldLock
-from .md5state import ResumableMD5
+from . import errors
+from .data import DataStore, InfoKeeper, Terminator, Writer
+from .locking import HeldLock, KeptLock, LockKeeper, Tracker, hooks, release_tracked
 from .offload import run_blocking
 from .record import UploadRecord
-from .records.base import AdvanceStatus, LockAttempt
+from .records import RecordStore
+from .records.base import AdvanceResult, AdvanceStatus
 
 logger = logging.getLogger("tusbridge")
 
@@ -29,14 +36,8 @@ FIRST_BUFFER = 64 * 1024
 FLUSH_SIZE = 256 * 1024
 FLUSH_INTERVAL = 1.0
 
-# A chunk that goes on with a kept lock is hashed after its response, while the
-# client prepares the next one, if it is no longer than this; a longer one is
-# hashed as it is written. Hashing a large chunk later saves the client nothing
-# (its next chunk is on the way already, and waits) and costs a copy of it.
-MAX_DEFERRED_MD5 = 1 << 20
-
-if TYPE_CHECKING:
-    from .service import UploadService
+# Record fields that change with every write: not part of the copy kept beside the data.
+_VOLATILE_FIELDS = ("offset", "md5_state", "md5_offset", "updated_at")
 
 
 class Readable(Protocol):
@@ -64,14 +65,60 @@ class Digest(Protocol):
 
 
 @dataclass(frozen=True)
+class WriteLimits:
+    """The settings a write follows."""
+
+    # Seconds an idle upload lives on after a write (when the write slides expiry).
+    expiry: float
+    # Largest piece read from a body at once.
+    read_size: int
+    # Seconds a body may stay silent before the client counts as gone.
+    idle_timeout: float
+
+
+@dataclass(frozen=True)
+class WriteRules:
+    """How a protocol's writes treat the upload."""
+
+    # Reaching the length completes the upload (tus); else the client confirms completion (legacy).
+    auto_complete: bool = True
+    # Every write restarts the expiry delay (tus); else the upload expires a fixed time after creation (legacy).
+    slide_expiry: bool = True
+
+
+TUS_RULES = WriteRules()
+
+
+@dataclass(frozen=True)
 class AppendResult:
     record: UploadRecord
     # Bytes of this request that were stored.
     written: int
-    # True for the one request whose bytes completed the upload.
+    # True for the one request whose bytes completed the upload: its caller finishes it.
     completed: bool
     # True when the body ended before its announced length (client went away).
     interrupted: bool = False
+    # True when this write set a deferred length.
+    length_set: bool = False
+
+
+def advance_error(result: AdvanceResult) -> errors.UploadError:
+    """The error that explains a refused offset advance."""
+    if result.status is AdvanceStatus.LOCK_LOST:
+        return errors.LockLost()
+    if result.status is AdvanceStatus.MISSING:
+        return errors.NotFound()
+    if result.status is AdvanceStatus.LENGTH_MISMATCH:
+        return errors.InvalidRequest("Upload-Length cannot change once it is set")
+    return errors.OffsetMismatch(result.offset)
+
+
+def record_info(record: UploadRecord) -> dict[str, str]:
+    """The copy of a record kept beside its data (see ``InfoKeeper``): what does not change with every write."""
+    info = record.to_redis()
+    for volatile in _VOLATILE_FIELDS:
+        info.pop(volatile, None)
+    return info
 
 
 def _read(read: Callable[[Any], T], arg: Any) -> T:
@@ -95,38 +142,37 @@ class AppendSession:
 
     def __init__(
         self,
-        service: UploadService,
+        records: RecordStore,
+        data: DataStore,
+        limits: WriteLimits,
         record: UploadRecord,
         lock: HeldLock,
         writer: Writer,
         *,
-        auto_complete: bool,
-        slide_expiry: bool,
-        md5: ResumableMD5 | None,
-        new: bool,
+        rules: WriteRules,
+        new: bool = False,
         new_length: int | None = None,
-        defer_md5: bool = False,
-        md5_stored: bool = True,
+        max_length: int | None = None,
+        tracker: Tracker | None = None,
     ) -> None:
-        self.service = service
+        self.records = records
+        self.data = data
+        self.limits = limits
         self.record = record
         self.lock = lock
         self.writer = writer
-        self.auto_complete = auto_complete
-        self.slide_expiry = slide_expiry
-        self.md5 = md5
-        # With ``defer_md5`` the bytes are hashed after the response, while the
-        # lock is kept (``keeping``); until then they wait here.
-        self.unhashed: list[bytes] | None = [] if defer_md5 and md5 is not None else None
-        self.deferred = 0  # bytes put in ``unhashed`` so far; beyond MAX_DEFERRED_MD5 they are hashed at once
-        # Whether the record holds ``md5``'s state at ``record.offset`` (a kept lock's may not, yet).
-        self.md5_stored = md5_stored
+        self.rules = rules
+        # A new upload's record is stored only when the session commits.
         self.new = new
         # A deferred length this request sets; stored with the offset at commit,
         # so a refused request leaves the upload as it was.
         self.new_length = new_length
+        # The most a deferred-length upload may grow to (None: no limit).
+        self.max_length = max_length
+        self.tracker = tracker
         self._open = True
         self._created = False
+        self._committed = False
 
     @property
     def upload_id(self) -> str:
@@ -142,7 +188,7 @@ class AppendSession:
         record = self.record
         length = record.length if self.new_length is None else self.new_length
         if length is None:
-            length = self.service.deferred_limit(record)
+            length = self.max_length
         if length is not None:
             return length - record.offset - self.written
         return None
@@ -150,34 +196,18 @@ class AppendSession:
     def read_back(self, size: int = 1024 * 1024) -> Iterator[bytes]:
         """The bytes written so far (for a caller that must move them to another upload)."""
         remaining = self.written
-        with self.service.data.open(self.record.id) as fh:
+        with self.data.open(self.record.id) as fh:
             fh.seek(self.record.offset)
             while remaining > 0 and (piece := fh.read(min(size, remaining))):
                 remaining -= len(piece)
                 yield piece
 
-    def write(self, data: bytes | memoryview, *, hashed: bool = False) -> None:
-        """Store bytes at the session's end; ``hashed``: the running MD5 has them already."""
+    def write(self, data: bytes | memoryview) -> None:
+        """Store bytes at the session's end."""
         self.lock.keep_alive()
         self.writer.write(data)
-        if self.md5 is not None and not hashed:
-            if self.unhashed is not None and self.deferred < MAX_DEFERRED_MD5:
-                self.unhashed.append(data if type(data) is bytes else bytes(data))
-                self.deferred += len(data)
-            else:
-                self._hash_waiting()
-                self.md5.update(data)
-
-    def adopt_md5(self, md5: ResumableMD5, base: bytes) -> bool:
-        """Continue with ``md5``, begun from ``base`` ahead of the session, if that is this upload's state.
-
-        True when adopted: ``md5`` covers the bytes the caller hashed, which
-        it then writes with ``hashed=True``.
-        """
-        if self.md5 is None or self.written or self.md5.state != base:
-            return False
-        self.md5 = md5
-        return True
+        if self.tracker is not None:
+            self.tracker.update(data)
 
     def pump(self, stream: Readable, digest: Digest | None) -> tuple[bool, bool]:
         """Copy a stream in bounded pieces; return (overflowed, interrupted).
@@ -186,7 +216,7 @@ class AppendSession:
         the upload, when the client goes away, or when a stream that reads
         with a timeout (see ``tus.body``) stays silent for the idle timeout.
         """
-        read_size, idle_timeout = self.service.read_size, self.service.idle_timeout
+        read_size, idle_timeout = self.limits.read_size, self.limits.idle_timeout
         idle_since: float | None = None
         # A stream that can fill a buffer is read into one, reused for every piece. It
         # starts small and grows while reads fill it: a slow client's upload in flight
@@ -248,7 +278,7 @@ class AppendSession:
     async def _pump_async(
         self, body: AsyncReadable, digest: Digest | None, poll_interval: float, pending: bytearray
     ) -> tuple[bool, bool]:
-        read_size, idle_timeout = self.service.read_size, self.service.idle_timeout
+        read_size, idle_timeout = self.limits.read_size, self.limits.idle_timeout
         idle_since: float | None = None
         flushed_at = time.monotonic()
         while True:
@@ -307,52 +337,50 @@ class AppendSession:
                 digest.update(data)
 
     def commit(self, *, interrupted: bool = False, keep_lock: bool = False) -> AppendResult:
-        """Make the written bytes count: advance the offset, release the lock, finish if complete.
+        """Make the written bytes count: advance the offset and let go of the lock.
 
-        With ``keep_lock`` the lock is kept for this thread's next request on
-        the same connection (see ``keeping``), unless the upload completes or
-        another request asked for it. A kept lock's running MD5 is saved when
-        it is let go rather than with every advance.
+        With ``keep_lock`` the lock is kept for the client's next request
+        (see ``locking.LockKeeper``), unless the upload completes or another
+        request asked for it. The write that completes the upload keeps the
+        lock until the file is handed over (``AppendResult.completed``: the
+        caller finishes the upload, then calls ``release``), so that a DELETE
+        cannot take the data from under it.
 
         A failure before the advance, or a definite refusal of it while this
         request still holds the lock, cuts the bytes off again. Otherwise they
-        stay: when Redis gave no answer it may have carried the advance out,
-        and when the lock was lost another writer owns the file now. Bytes
-        past the recorded offset are cut off by the next writer, under the
-        lock, when it opens the file (or counted by a rebuild after Redis lost
-        its data: they are the client's bytes at their places).
+        stay: when the store gave no answer it may have carried the advance
+        out, and when the lock was lost another writer owns the file now.
+        Bytes past the recorded offset are cut off by the next writer, under
+        the lock, when it opens the file (or counted by a rebuild after Redis
+        lost its data: they are the client's bytes at their places).
         """
-        service, record = self.service, self.record
+        record = self.record
         try:
             self.writer.sync()
             if self.new:
-                service.store_new(record)
+                self.records.create(record)
                 self._created = True
+                if isinstance(self.data, InfoKeeper):
+                    self.data.write_info(record.id, record_info(record))
         except BaseException:
             self.abort()
             raise
         new_offset = record.offset + self.written
         length = record.length if self.new_length is None else self.new_length
-        # The request that completes the upload keeps the lock until the file
-        # is handed over, so that a DELETE cannot take the data from under it.
-        completes = self.auto_complete and length is not None and new_offset == length
+        completes = self.rules.auto_complete and length is not None and new_offset == length
+        keep_lock = keep_lock and not completes
+        fields = self.tracker.fields_for_advance(new_offset, keeping=keep_lock) if self.tracker else None
         now = time.time()
         sent_at = time.monotonic()
-        keep_lock = keep_lock and not completes
-        if not keep_lock:
-            self._hash_unhashed()
-        fields: dict[str, object] | None = None
-        if self.md5 is not None and self.unhashed is None:
-            fields = md5state.stored_fields(self.md5, new_offset)
         try:
-            result = service.records.advance(
+            result = self.records.advance(
                 record.id,
                 expected=record.offset,
                 new=new_offset,
                 lock_token=self.lock.token,
                 now=now,
-                expires_at=now + service.expiry if self.slide_expiry else None,
-                auto_complete=self.auto_complete,
+                expires_at=now + self.limits.expiry if self.rules.slide_expiry else None,
+                auto_complete=self.rules.auto_complete,
                 fields=fields,
                 length=self.new_length,
                 release_lock=not completes,
@@ -368,7 +396,7 @@ class AppendSession:
                 # A definite refusal while this request still holds the lock:
                 # the offset did not move, so the bytes are cut off again.
                 self.abort()
-            service.check_advance(result)
+            raise advance_error(result)
         if result.lock_kept:
             self.lock.renewed(sent_at)
         elif not completes:
@@ -376,103 +404,69 @@ class AppendSession:
         written = self.written
         record.offset = result.offset
         record.updated_at = now
-        if self.slide_expiry:
-            record.expires_at = now + service.expiry
-        if fields is not None and self.md5 is not None:
-            record.md5_state, record.md5_offset = str(fields["md5_state"]), record.offset
-            md5state.recent_states.remember(record.id, record.offset, self.md5.state)
-        self.md5_stored = fields is not None
-        try:
-            if self.new_length is not None:
-                record.length = self.new_length
-                service.length_fixed(record)
-            completed = result.status is AdvanceStatus.COMPLETED
-            if completed:
-                record = service.finish(record.id) or record
-        except BaseException:
+        if self.rules.slide_expiry:
+            record.expires_at = now + self.limits.expiry
+        for name, value in (fields or {}).items():
+            setattr(record, name, value)
+        if self.new_length is not None:
+            record.length = self.new_length
+        completed = result.status is AdvanceStatus.COMPLETED
+        self._committed = True
+        if result.lock_kept and not result.release_wanted and hooks.keeper is not None:
+            self._keep(hooks.keeper)
+        elif not completed:
             self._close()
-            raise
-        if result.lock_kept and not result.release_wanted:
-            self._keep()
-        else:
-            self._hash_unhashed()
-            self._close()
-        return AppendResult(record=record, written=written, completed=completed, interrupted=interrupted)
+        return AppendResult(
+            record=record,
+            written=written,
+            completed=completed,
+            interrupted=interrupted,
+            length_set=self.new_length is not None,
+        )
+
+    def release(self) -> None:
+        """Let go of the lock and close (after a completed upload was finished); safe to call twice."""
+        self._close()
 
     def abort(self) -> None:
-        """Cut off what this session wrote and let go; a no-op after commit."""
+        """Cut off what this session wrote and let go; after a commit only let go."""
         if not self._open:
+            return
+        if self._committed:
+            self._close()
             return
         try:
             if self.new:
-                self.service.remove_data(self.record.id)
+                if isinstance(self.data, Terminator):
+                    self.data.remove(self.record.id)
                 if self._created:
-                    self.service.records.delete(self.record.id)
-                self.service.unreserve(self.record)
+                    self.records.delete(self.record.id)
+                if self.record.owner:
+                    self.records.unreserve(self.record.owner, self.record.id)
             else:
                 self.writer.rollback()
         except OSError as exc:
             # The disk failing again (EIO); the next writer cuts the file back anyway.
             logger.warning("tusbridge: could not cut upload %s back: %s", self.record.id, exc)
         finally:
+            if self.tracker is not None:
+                self.tracker.discard()
             self._close()
 
-    def _hash_waiting(self) -> None:
-        """Hash the bytes waiting for it, in order, before any that follow them."""
-        if self.unhashed and self.md5 is not None:
-            for data in self.unhashed:
-                self.md5.update(data)
-            self.unhashed.clear()
-
-    def _hash_unhashed(self) -> None:
-        """Hash the bytes waiting for it and stop deferring; the MD5 is then current again."""
-        self._hash_waiting()
-        self.unhashed = None
-
-    def _keep(self) -> None:
-        """Close the file but hand the lock, record and running MD5 on to this thread's next request."""
+    def _keep(self, keeper: LockKeeper) -> None:
+        """Close the file but hand the lock, the record and the tracker on to the client's next request."""
         self._open = False
         try:
             self.writer.close()
         except BaseException:
-            self._hash_unhashed()
-            self._let_go()
+            release_tracked(self.lock, self.tracker, self.record.offset)
             raise
-        unhashed, self.unhashed = self.unhashed or [], None
-        keeping.keep(keeping.KeptLock(self.lock, self.record, self.md5, unhashed, md5_stored=self.md5_stored))
+        keeper.keep(KeptLock(self.lock, self.record, self.tracker))
 
     def _close(self) -> None:
         if self._open:
             self._open = False
-            self.unhashed = None  # what was not hashed by now was not committed either
             try:
                 self.writer.close()
             finally:
-                self._let_go()
-
-    def _let_go(self) -> None:
-        """Release the lock, saving the running MD5 with it if the record does not have it yet."""
-        self.lock.release(unsaved_md5=None if self.md5_stored else self.md5, md5_offset=self.record.offset)
-
-
-class PendingAppend:
-    """An ``open_append`` whose lock request was sent ahead (``UploadService.request_append``)."""
-
-    def __init__(
-        self, service: UploadService, upload_id: str, owner: str, attempt: LockAttempt, options: dict[str, Any]
-    ) -> None:
-        self.service = service
-        self.upload_id = upload_id
-        self.owner = owner
-        self.attempt = attempt
-        self.options = options
-
-    def open(self) -> AppendSession:
-        """The session, as ``open_append`` gives it (waiting for the lock if another request has it)."""
-        return self.service.open_append(self.upload_id, self.owner, first_attempt=self.attempt, **self.options)
-
-    def cancel(self) -> None:
-        """Not wanted after all: let go of the lock if the request took it, without waiting for it."""
-        token, _ = self.attempt()
-        if token is not None:
-            self.service.records.release_lock(self.upload_id, token)
+                release_tracked(self.lock, self.tracker, self.record.offset)

@@ -1,5 +1,6 @@
+import sys
+
 from django.apps import AppConfig
-from django.core.signals import request_finished, request_started
 
 
 class TusbridgeConfig(AppConfig):
@@ -7,8 +8,11 @@ class TusbridgeConfig(AppConfig):
     verbose_name = "tusbridge resumable uploads"
 
     def ready(self) -> None:
-        from . import checks, keeping
+        from . import checks
 
         del checks  # imported for its side effect: it registers the system checks
-        request_started.connect(keeping.request_started, dispatch_uid="tusbridge.keeping.started")
-        request_finished.connect(keeping.request_finished, dispatch_uid="tusbridge.keeping.finished")
+        if "gunicorn.workers" in sys.modules:
+            # Served by gunicorn: read request bodies straight from its sockets.
+            from . import gunicorn
+
+            gunicorn.install()

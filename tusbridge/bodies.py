@@ -1,24 +1,46 @@
 """A request body of known length, read from the WSGI server with as few copies as it allows.
 
-Both protocols read their bodies through ``BodyReader``: under gunicorn it
-reads the socket itself (see ``_SocketBody``), elsewhere ``wsgi.input``.
+Both protocols read their bodies through ``BodyReader``. By default it reads
+``wsgi.input``; a server adapter (``tusbridge.gunicorn``) may plug in a
+faster reader, a way to take bytes its buffers hold, and reads that time
+out now and then (``hooks``).
 """
 
 from __future__ import annotations
 
-import io
-import socket
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from typing import Any
+import contextlib
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from typing import Any, Protocol
 
 from django.http import HttpRequest
 
-from .appending import FLUSH_INTERVAL, Readable
+from .appending import Readable
 
-# The longest a read from gunicorn's socket gathers pieces after the first (see _SocketBody).
-GATHER_FOR = FLUSH_INTERVAL
+
+class DirectBody(Protocol):
+    """A body read by the server adapter itself (straight from its socket)."""
+
+    def readinto(self, view: memoryview, /) -> int: ...
+
+    def abandon(self) -> None: ...
+
+
+class BodyHooks:
+    """What a server adapter adds to body reading; the defaults read ``wsgi.input`` as it is."""
+
+    def __init__(self) -> None:
+        # (wsgi.input, Content-Length) -> a faster reader for it, or None.
+        self.direct_body: Callable[[Any, int], DirectBody | None] = lambda stream, length: None
+        # (wsgi.input, at most) -> bytes the server received but no read returned yet.
+        self.take_buffered: Callable[[Any, int], bytes] = lambda stream, limit: b""
+        # (request, interval) -> a context in which body reads time out every interval seconds.
+        self.timed_reads: Callable[[HttpRequest, float], AbstractContextManager[None]] = lambda request, interval: (
+            contextlib.nullcontext()
+        )
+
+
+hooks = BodyHooks()
 
 
 def reader_for(request: HttpRequest, length: int) -> Readable:
@@ -28,28 +50,37 @@ def reader_for(request: HttpRequest, length: int) -> Readable:
     return BodyReader(request.META["wsgi.input"], length)
 
 
+def polling_reads(request: HttpRequest, interval: float) -> AbstractContextManager[None]:
+    """Let body reads time out every ``interval`` seconds while the body streams, where the server allows it.
+
+    A read that times out raises TimeoutError, which the upload service takes
+    as a moment to hear release requests and to notice a silent client; the
+    next read carries on where the last one stopped. Elsewhere reads block.
+    """
+    return hooks.timed_reads(request, interval)
+
+
 class BodyReader:
     """``wsgi.input`` limited to Content-Length.
 
     Django's own request stream would do, except that it turns every read
     error into UnreadablePostError, which hides the read timeouts that
-    ``polling_reads`` relies on. Under gunicorn the body is read from the
-    socket itself (see ``_SocketBody``).
+    ``polling_reads`` relies on.
     """
 
     def __init__(self, stream: Readable, length: int) -> None:
         self._stream = stream
         self._remaining = length
-        self._socket_body = _SocketBody.attach(stream, length)
+        self._direct = hooks.direct_body(stream, length)
 
     def read(self, size: int = -1, /) -> bytes:
         if self._remaining <= 0:
             return b""
         if size < 0 or size > self._remaining:
             size = self._remaining
-        if self._socket_body is not None:
+        if self._direct is not None:
             buffer = bytearray(size)
-            data = bytes(memoryview(buffer)[: self._socket_body.readinto(memoryview(buffer))])
+            data = bytes(memoryview(buffer)[: self._direct.readinto(memoryview(buffer))])
         else:
             data = self._stream.read(size)
         self._remaining -= len(data)
@@ -60,8 +91,8 @@ class BodyReader:
         if self._remaining <= 0:
             return 0
         view = buffer[: self._remaining]
-        if self._socket_body is not None:
-            n = self._socket_body.readinto(view)
+        if self._direct is not None:
+            n = self._direct.readinto(view)
         else:
             data = self._stream.read(len(view))
             n = len(data)
@@ -70,158 +101,21 @@ class BodyReader:
         return n
 
     def abandon(self) -> None:
-        """The rest of the body will not be read: have gunicorn close the connection, not drain it."""
-        if self._socket_body is not None:
-            self._socket_body.abandon()
+        """The rest of the body will not be read: have the server close the connection, not drain it."""
+        if self._direct is not None:
+            self._direct.abandon()
 
     def drain(self) -> bytes:
         """Bytes that arrived but that no read returned yet, without waiting for more.
 
-        A read that times out leaves what it received so far in gunicorn's
-        buffers (the next read would return it). A request that stops early
-        (another request wants the upload) takes those bytes too, so that
-        every byte that reached the server is stored. Reads straight from the
-        socket keep no such buffer, and other servers keep none we can see.
+        A read that times out may leave what it received so far in the
+        server's buffers (the next read would return it). A request that
+        stops early (another request wants the upload) takes those bytes too,
+        so that every byte that reached the server is stored. A direct reader
+        keeps no such buffer.
         """
-        if self._socket_body is not None:
+        if self._direct is not None:
             return b""
-        data = _take_gunicorn_buffer(self._stream, self._remaining)
+        data = hooks.take_buffered(self._stream, self._remaining)
         self._remaining -= len(data)
         return data
-
-
-class _SocketBody:
-    """A gunicorn request body of known length, read with ``recv_into`` from the socket.
-
-    gunicorn's own reader copies every piece through two buffers of its own;
-    reading from the socket into the caller's buffer copies each byte once.
-    What gunicorn already read past the headers is taken from its buffers
-    first, and its reader is told how much of the body is left, so that it
-    finds the request fully read afterwards and the connection can serve the
-    next request as usual.
-    """
-
-    def __init__(self, body: Any, sock: socket.socket, leftover: bytes) -> None:
-        self._body = body
-        self._reader = body.reader
-        self._socket = sock
-        self._leftover = memoryview(leftover)
-
-    @classmethod
-    def attach(cls, stream: Any, length: int) -> _SocketBody | None:
-        parts = _length_body_parts(stream)
-        if parts is None:
-            return None
-        reader, unreader = parts
-        sock = getattr(unreader, "sock", None)
-        if (
-            type(stream).__name__ != "Body"
-            or type(unreader).__name__ != "SocketUnreader"
-            or not isinstance(sock, socket.socket)
-            or len(stream.buf.getvalue()) + reader.length != length
-        ):
-            return None
-        return cls(stream, sock, _take_gunicorn_buffer(stream, length))
-
-    def abandon(self) -> None:
-        self._body.failed = True  # gunicorn must not reuse the connection
-
-    def readinto(self, view: memoryview) -> int:
-        """Up to ``len(view)`` bytes; raises TimeoutError only when none arrived in time.
-
-        Pieces are gathered until ``view`` is full, but for no longer than
-        ``GATHER_FOR`` seconds after the first: a slow client's bytes are
-        then stored (and the lock renewed, release requests heard) at least
-        that often, however large the buffer.
-        """
-        if self._leftover:
-            n = min(len(view), len(self._leftover))
-            view[:n] = self._leftover[:n]
-            self._leftover = self._leftover[n:]
-            return n
-        want = min(len(view), self._reader.length)
-        got = 0
-        started = 0.0
-        while got < want:
-            if got:
-                if not started:
-                    started = time.monotonic()
-                elif time.monotonic() - started >= GATHER_FOR:
-                    break
-            try:
-                n = self._socket.recv_into(view[got:want])
-            except TimeoutError:
-                if got:
-                    break
-                raise
-            except OSError:
-                self._body.failed = True  # gunicorn must not reuse the connection
-                if got:
-                    break
-                raise
-            if not n:
-                self._body.failed = True
-                break
-            got += n
-            self._reader.length -= n
-        return got
-
-
-def _length_body_parts(stream: Any) -> tuple[Any, Any] | None:
-    """gunicorn's ``LengthReader`` and its unreader behind ``stream``, when both have the buffers we know."""
-    reader = getattr(stream, "reader", None)
-    unreader = getattr(reader, "unreader", None)
-    if (
-        type(reader).__name__ != "LengthReader"
-        or not isinstance(getattr(reader, "length", None), int)
-        or not isinstance(getattr(stream, "buf", None), io.BytesIO)
-        or not isinstance(getattr(unreader, "buf", None), io.BytesIO)
-    ):
-        return None
-    return reader, unreader
-
-
-def _take_gunicorn_buffer(stream: Any, limit: int) -> bytes:
-    """Up to ``limit`` bytes that a gunicorn request body of known length holds in its buffers, taken out.
-
-    Anything past ``limit`` in the socket buffer belongs to the next request
-    on the connection, and stays.
-    """
-    parts = _length_body_parts(stream)
-    if parts is None:
-        return b""
-    reader, unreader = parts
-    held = stream.buf.getvalue()
-    stream.buf = io.BytesIO()
-    # The socket buffer may run past this body; the reader's length says where it ends.
-    pending = unreader.buf.getvalue()
-    own = min(len(pending), reader.length, max(limit - len(held), 0))
-    unreader.buf = io.BytesIO()
-    unreader.buf.write(pending[own:])
-    reader.length -= own
-    return (held + pending[:own])[:limit]
-
-
-@contextmanager
-def polling_reads(request: HttpRequest, interval: float) -> Iterator[None]:
-    """Let body reads time out every ``interval`` seconds while the body streams.
-
-    A read that times out raises TimeoutError, which the upload service takes
-    as a moment to hear release requests and to notice a silent client; the
-    next read carries on where the last one stopped. That is only safe where
-    the server's body reader keeps partial reads across a timeout: gunicorn's
-    reader for bodies with a Content-Length does (it exposes the socket as
-    ``gunicorn.socket``), its chunked reader does not, and other servers do
-    not expose a socket at all. Everywhere else reads simply block.
-    """
-    sock = request.META.get("gunicorn.socket")
-    if not isinstance(sock, socket.socket) or not request.META.get("CONTENT_LENGTH"):
-        yield
-        return
-    previous = sock.gettimeout()
-    sock.settimeout(interval)
-    try:
-        yield
-    finally:
-        # The response is written with the server's own timeout, not ours.
-        sock.settimeout(previous)

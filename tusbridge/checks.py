@@ -2,82 +2,40 @@
 
 from __future__ import annotations
 
-import os
 from datetime import timedelta
 from typing import Any
 
-import redis
 from django.core.checks import CheckMessage, Error, Warning, register
+from django.core.exceptions import ImproperlyConfigured
 from django.utils.module_loading import import_string
 
-from . import conf
-
-# Only noeviction is safe: volatile-* policies may evict a held lock (it has a TTL).
-_SAFE_EVICTION = ("noeviction",)
+from . import conf, stores
 
 
 @register("tusbridge")
 def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
     messages: list[CheckMessage] = []
-    messages += _check_redis()
-    messages += _check_upload_dir()
+    messages += _check_stores()
     messages += _check_numbers()
     messages += _check_imports()
     messages += _check_cors()
     return messages
 
 
-def _check_redis() -> list[CheckMessage]:
-    url = conf.get("REDIS_URL")
-    try:
-        client = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
-    except (ValueError, TypeError) as exc:
-        return [Error(f"TUSBRIDGE_REDIS_URL {url!r} is not a valid Redis URL: {exc}", id="tusbridge.E001")]
-    try:
-        client.ping()
-    except redis.RedisError as exc:
-        return [
-            Warning(
-                f"Redis at TUSBRIDGE_REDIS_URL {url!r} cannot be reached: {exc}",
-                hint="Start Redis or correct the URL; uploads answer 503 until it is reachable.",
-                id="tusbridge.W001",
-            )
-        ]
-    try:
-        policy = client.config_get("maxmemory-policy").get("maxmemory-policy", "noeviction")
-    except redis.RedisError:
-        return []  # CONFIG may be disabled on managed Redis; nothing to say then.
-    finally:
-        client.close()
-    if policy not in _SAFE_EVICTION:
-        return [
-            Warning(
-                f"Redis evicts keys under memory pressure (maxmemory-policy {policy}); "
-                "an evicted upload record loses track of its data.",
-                hint="Use maxmemory-policy noeviction for the tusbridge database (volatile-* may evict a held lock).",
-                id="tusbridge.W002",
-            )
-        ]
-    return []
-
-
-def _check_upload_dir() -> list[CheckMessage]:
-    path = conf.upload_dir()
-    existing = path
-    while existing and not os.path.exists(existing):
-        parent = os.path.dirname(existing)
-        if parent == existing:
-            break
-        existing = parent
-    if not os.path.isdir(existing) or not os.access(existing, os.W_OK | os.X_OK):
-        return [
-            Error(
-                f"The upload directory {path!r} is not writable (nearest existing directory: {existing!r}).",
-                hint="Set TUSBRIDGE_UPLOAD_DIR to a directory the server process can write.",
-                id="tusbridge.E002",
-            )
-        ]
-    return []
+def _check_stores() -> list[CheckMessage]:
+    """Each store setting names a store class, whose own checks then run."""
+    messages: list[CheckMessage] = []
+    for load, error_id in (
+        (stores.record_store_class, "tusbridge.E013"),
+        (stores.data_store_class, "tusbridge.E014"),
+    ):
+        try:
+            store_class = load()
+        except ImproperlyConfigured as exc:
+            messages.append(Error(str(exc), id=error_id))
+        else:
+            messages += store_class.check()
+    return messages
 
 
 def _check_numbers() -> list[CheckMessage]:

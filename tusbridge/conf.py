@@ -18,7 +18,10 @@ from django.conf import settings
 from django.core.signals import setting_changed
 
 DEFAULTS: dict[str, Any] = {
-    # Where upload records live.
+    # The record store and the data store, as dotted paths of their classes.
+    "RECORD_STORE": "tusbridge.records.redis.RedisRecordStore",
+    "DATA_STORE": "tusbridge.data.filesystem.FileSystemDataStore",
+    # Where upload records live (the Redis record store).
     "REDIS_URL": "redis://127.0.0.1:6379/0",
     # Seconds a Redis command may take before the request answers 503.
     "REDIS_TIMEOUT": 5.0,
@@ -27,7 +30,7 @@ DEFAULTS: dict[str, Any] = {
     "REDIS_MAX_CONNECTIONS": 16,
     # Prefix of every Redis key, so that several sites can share one server.
     "KEY_PREFIX": "tusbridge",
-    # Directory that holds the data files of unfinished uploads.
+    # Directory that holds the data files of unfinished uploads (the filesystem data store).
     "UPLOAD_DIR": None,
     # Largest upload accepted, in bytes (advertised as Tus-Max-Size); 0 = no limit.
     "MAX_SIZE": 0,
@@ -72,7 +75,7 @@ DEFAULTS: dict[str, Any] = {
     "ASYNC_THREADS": 8,
     # Largest piece read from a request body at once.
     "READ_SIZE": 1024 * 1024,
-    # Seconds a thread of tusbridge.workers.ThreadWorker waits on a kept-alive
+    # Seconds a thread of tusbridge.gunicorn.workers.ThreadWorker waits on a kept-alive
     # connection for its next request before handing it back (0: never waits;
     # never longer than gunicorn's --keep-alive).
     "KEEPALIVE_LINGER": 0.002,

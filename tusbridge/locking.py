@@ -1,4 +1,11 @@
-"""The per-upload lock: one writer at a time, and a way to ask the writer to let go."""
+"""The per-upload lock: one writer at a time, and a way to ask the writer to let go.
+
+A server adapter may plug into how requests take locks (``hooks``): run
+something before a request asks for a lock or before it waits for another
+request, and keep a lock from one request to the next (a ``LockKeeper``).
+The core knows no server; without an adapter every request takes its lock
+from the record store and lets go when it ends.
+"""
 
 from __future__ import annotations
 
@@ -6,15 +13,104 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Protocol
 
-from . import errors, inline, keeping, md5state
+from . import errors
 from .holders import holder_is_gone
-from .md5state import ResumableMD5
 from .record import UploadRecord
 from .records import RecordStore
 from .records.base import LockAttempt, ReleaseListener
 
 logger = logging.getLogger("tusbridge")
+
+
+class Tracker(Protocol):
+    """State a protocol keeps about the bytes written so far (the legacy protocol's running MD5).
+
+    It is stored with the offset it describes, so it is only ever believed
+    where the record's offset is still that offset.
+    """
+
+    def update(self, data: bytes | memoryview, /) -> None:
+        """Take in bytes as they are written."""
+
+    def fields_for_advance(self, offset: int, *, keeping: bool) -> dict[str, object] | None:
+        """Fields to set with the advance to ``offset``; None to save them when the lock goes back instead."""
+
+    def unsaved_fields(self, offset: int) -> dict[str, object] | None:
+        """Fields for ``offset`` that the record does not hold yet, to save with the lock's release."""
+
+    def settle(self) -> None:
+        """Take in whatever bytes still wait (off the client's clock, once a response is out)."""
+
+    def discard(self) -> None:
+        """The bytes written since the last advance will not count: forget what was taken in of them."""
+
+
+@dataclass
+class KeptLock:
+    """A lock a request kept for the next request of the same client, with what that request needs."""
+
+    lock: HeldLock
+    record: UploadRecord
+    tracker: Tracker | None = None
+
+    def let_go(self) -> None:
+        """Release the lock, saving what the tracker has that the record does not."""
+        release_tracked(self.lock, self.tracker, self.record.offset)
+
+
+def release_tracked(lock: HeldLock, tracker: Tracker | None, offset: int) -> None:
+    """Release ``lock``, saving what ``tracker`` knows of the first ``offset`` bytes that the record does not."""
+    fields = None
+    if tracker is not None:
+        tracker.settle()
+        fields = tracker.unsaved_fields(offset)
+    lock.release(fields=fields, at_offset=offset)
+
+
+class LockKeeper(Protocol):
+    """Where a server adapter keeps locks between requests (see ``tusbridge.gunicorn.keeping``)."""
+
+    def may_keep(self) -> bool:
+        """Whether the current request may keep its lock for the next one."""
+
+    def keep(self, kept: KeptLock) -> None:
+        """Hold ``kept`` for the next request (or let go at once)."""
+
+    def claim(self, upload_id: str, offset: int) -> KeptLock | None:
+        """The kept lock if it is for ``upload_id`` at ``offset`` and surely still held; otherwise let any go."""
+
+    def release(self) -> None:
+        """Let go of the lock kept for the current request, if any."""
+
+
+class ServerHooks:
+    """What a server adapter adds to locking; the defaults do nothing."""
+
+    def __init__(self) -> None:
+        self.keeper: LockKeeper | None = None
+        # Called before a request waits for another to let go of an upload.
+        self.before_waiting: Callable[[], None] | None = None
+
+    def release_kept(self) -> None:
+        """Before a request asks for any lock: a lock kept for it would otherwise keep it waiting for itself."""
+        if self.keeper is not None:
+            self.keeper.release()
+
+
+hooks = ServerHooks()
+
+
+def may_keep() -> bool:
+    """Whether the current request may keep its lock for the client's next one (a server adapter decides)."""
+    return hooks.keeper is not None and hooks.keeper.may_keep()
+
+
+def claim_kept(upload_id: str, offset: int) -> KeptLock | None:
+    """The lock kept from the client's last request, if it is for ``upload_id`` at ``offset``."""
+    return hooks.keeper.claim(upload_id, offset) if hooks.keeper is not None else None
 
 
 class HeldLock:
@@ -75,26 +171,24 @@ class HeldLock:
         self.token = ""
         self.release()
 
-    def release(self, *, unsaved_md5: ResumableMD5 | None = None, md5_offset: int = 0) -> None:
+    def release(self, *, fields: dict[str, object] | None = None, at_offset: int = 0) -> None:
         """Stop listening and let go; safe to call twice.
 
-        ``unsaved_md5``: a running MD5 of the first ``md5_offset`` bytes that
-        the record does not hold yet; it is saved with the release if the
-        offset is still that.
+        ``fields`` describe the upload's first ``at_offset`` bytes; they are
+        saved with the release if the offset is still that.
         """
         if self._listener is not None:
             self._listener.close()
             self._listener = None
         if self.token:
-            if unsaved_md5 is None:
+            if fields is None:
                 self.records.release_lock(self.upload_id, self.token)
             else:
-                fields = md5state.stored_fields(unsaved_md5, md5_offset)
-                self.records.release_lock_setting(self.upload_id, self.token, offset=md5_offset, fields=fields)
+                self.records.release_lock_setting(self.upload_id, self.token, offset=at_offset, fields=fields)
             self.token = ""
 
 
-def acquire(
+def lock_for_write(
     records: RecordStore,
     upload_id: str,
     *,
@@ -112,7 +206,7 @@ def acquire(
     ``wait`` seconds. ``first_attempt``, from ``records.request_lock_and_get``,
     is the first try when it was sent ahead.
     """
-    keeping.release()  # a lock this thread kept would otherwise keep it waiting for itself
+    hooks.release_kept()
     attempt = first_attempt or records.request_lock_and_get(upload_id, ttl)
     token, record = attempt()
     if token is None:
@@ -134,14 +228,14 @@ def acquire(
     return lock, record
 
 
-def read_settled(
+def read_when_idle(
     records: RecordStore, upload_id: str, *, wait: float, check: Callable[[UploadRecord | None], object]
 ) -> UploadRecord | None:
     """The record once no request is writing it, without taking the lock.
 
-    A request still writing is asked to let go, as in ``acquire``.
+    A request still writing is asked to let go, as in ``lock_for_write``.
     """
-    keeping.release()
+    hooks.release_kept()
     unlocked, record = records.get_if_unlocked(upload_id)
     check(record)
     deadline = time.monotonic() + wait
@@ -154,7 +248,8 @@ def read_settled(
 
 def _ask_holder(records: RecordStore, upload_id: str, wait: float, deadline: float, next_request: float) -> float:
     """One turn of waiting for a busy upload: now and then, free a dead holder's lock or ask the holder; pause."""
-    inline.leave_before_waiting()  # a worker's main thread must not wait: the request moves to a pool thread
+    if hooks.before_waiting is not None:
+        hooks.before_waiting()
     now = time.monotonic()
     if now >= deadline:
         raise errors.Locked(f"Upload is busy: another request holds it and did not release it within {wait:g} s")
@@ -175,8 +270,8 @@ def _ask_holder(records: RecordStore, upload_id: str, wait: float, deadline: flo
 
 @contextmanager
 def held(records: RecordStore, upload_id: str, *, ttl: float, wait: float) -> Iterator[HeldLock]:
-    """``acquire`` for the length of a ``with`` block."""
-    lock, _ = acquire(records, upload_id, ttl=ttl, wait=wait)
+    """``lock_for_write`` for the length of a ``with`` block."""
+    lock, _ = lock_for_write(records, upload_id, ttl=ttl, wait=wait)
     try:
         yield lock
     finally:

@@ -63,7 +63,7 @@ class UploadRecord:
     # Protocol-specific attributes (e.g. the legacy view's extra attrs).
     extra: dict[str, Any] = field(default_factory=dict)
     # Saved MD5 state (hex) of the first ``md5_offset`` bytes; current only
-    # while md5_offset == offset (see md5state).
+    # while md5_offset == offset (see chunked_upload.md5).
     md5_state: str = ""
     md5_offset: int = -1
 

@@ -10,30 +10,41 @@ the data store, and completion happens once.
 from __future__ import annotations
 
 import errno
-import hashlib
 import logging
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from typing import Any
 
 from django.core.files import File
 from django.core.files.storage import Storage
 from django.core.signals import setting_changed
 
-from . import conf, errors, keeping, locking, md5state
-from .appending import AppendResult, AppendSession, AsyncReadable, Digest, PendingAppend, Readable
-from .data import Concatenator, DataStore, InfoKeeper, Terminator
-from .data.filesystem import FileSystemDataStore
+from . import conf, errors, locking
+from .appending import (
+    TUS_RULES,
+    AppendResult,
+    AppendSession,
+    AsyncReadable,
+    Digest,
+    Readable,
+    WriteLimits,
+    WriteRules,
+    advance_error,
+    record_info,
+)
+from .data import Concatenator, DataStore, InfoKeeper, Terminator, Writer
 from .handover import configured_storage, hand_over
+from .locking import KeptLock, Tracker
 from .offload import run_blocking
 from .record import State, UploadRecord, new_upload_id
 from .records import RecordStore
 from .records.base import AdvanceResult, AdvanceStatus, LockAttempt
-from .records.redis import RedisRecordStore, client_for
 from .signals import upload_completed
+from .stores import configured_data_store, configured_record_store
 
-__all__ = ["AppendResult", "AppendSession", "Digest", "Readable", "UploadService", "get_service"]
+__all__ = ["AppendResult", "AppendSession", "Digest", "Readable", "UploadService", "WriteRules", "get_service"]
 
 logger = logging.getLogger("tusbridge")
 
@@ -68,6 +79,7 @@ class UploadService:
         self.idle_timeout = idle_timeout
         self.max_uploads_per_user = max_uploads_per_user
         self.max_bytes_per_user = max_bytes_per_user
+        self.limits = WriteLimits(expiry=expiry, read_size=read_size, idle_timeout=idle_timeout)
 
     @property
     def can_terminate(self) -> bool:
@@ -103,18 +115,18 @@ class UploadService:
         """Anonymous uploads are reachable by their unguessable URL; others only by their owner."""
         return record.owner == "" or record.owner == owner
 
-    def settled(self, upload_id: str, owner: str) -> UploadRecord:
+    def read_when_idle(self, upload_id: str, owner: str) -> UploadRecord:
         """The upload once no request is writing it, so its offset is final for now.
 
         A client that reconnects asks here first; a request still streaming
         its old connection's body is asked to let go instead of being waited out.
         """
-        record = locking.read_settled(
+        record = locking.read_when_idle(
             self.records, upload_id, wait=self.lock_wait, check=lambda record: self.usable(record, owner)
         )
         return self.usable(record, owner)
 
-    def take(
+    def lock_for_write(
         self,
         upload_id: str,
         owner: str,
@@ -124,7 +136,7 @@ class UploadService:
         """Lock an upload ``owner`` may use (and ``authorize`` accepts); return the lock and the record.
 
         Requests that would be refused never disturb a request writing the upload.
-        ``first_attempt`` is a lock request already sent (see ``request_append``).
+        ``first_attempt`` is a lock request already sent (see ``request_lock``).
         """
 
         def check(record: UploadRecord | None) -> None:
@@ -132,23 +144,10 @@ class UploadService:
             if authorize is not None:
                 authorize(record)
 
-        lock, record = locking.acquire(
+        lock, record = locking.lock_for_write(
             self.records, upload_id, ttl=self.lock_ttl, wait=self.lock_wait, check=check, first_attempt=first_attempt
         )
         return lock, self.usable(record, owner)
-
-    def md5_hexdigest(self, record: UploadRecord) -> str:
-        """MD5 of the upload's bytes: from the saved running state when it is current, else one read."""
-        if record.md5_state and record.md5_offset == record.offset and md5state.available():
-            return md5state.ResumableMD5(bytes.fromhex(record.md5_state)).hexdigest()
-        digest = hashlib.md5()
-        try:
-            with self.data.open(record.id) as fh:
-                while piece := fh.read(self.read_size):
-                    digest.update(piece)
-        except FileNotFoundError:
-            raise errors.Gone("The upload's data is gone (terminated meanwhile)") from None
-        return digest.hexdigest()
 
     # Creating ---------------------------------------------------------------
 
@@ -199,10 +198,12 @@ class UploadService:
             record = self.finish(record.id) or record
         return record
 
-    def open_new(self, record: UploadRecord, *, track_md5: bool = False, auto_complete: bool = True) -> AppendSession:
+    def open_new(
+        self, record: UploadRecord, *, rules: WriteRules = TUS_RULES, tracker: Tracker | None = None
+    ) -> AppendSession:
         """Start writing a new upload whose record is stored only when the session commits."""
         self.reserve(record)
-        lock, _ = locking.acquire(self.records, record.id, ttl=self.lock_ttl, wait=self.lock_wait)
+        lock, _ = locking.lock_for_write(self.records, record.id, ttl=self.lock_ttl, wait=self.lock_wait)
         try:
             self.data.create(record.id)
             writer = self.data.writer(record.id, 0)
@@ -211,10 +212,7 @@ class UploadService:
             self.unreserve(record)
             self.remove_data(record.id)
             raise
-        md5 = md5state.ResumableMD5() if track_md5 and md5state.available() else None
-        return AppendSession(
-            self, record, lock, writer, auto_complete=auto_complete, slide_expiry=False, md5=md5, new=True
-        )
+        return self._session(record, lock, writer, rules=rules, new=True, tracker=tracker)
 
     def reserve(self, record: UploadRecord) -> None:
         """Count a new upload against its owner's limits (logged-in owners only)."""
@@ -273,10 +271,7 @@ class UploadService:
 
     def keep_info(self, record: UploadRecord) -> None:
         if isinstance(self.data, InfoKeeper):
-            info = record.to_redis()
-            for volatile in ("offset", "md5_state", "md5_offset", "updated_at"):
-                info.pop(volatile, None)
-            self.data.write_info(record.id, info)
+            self.data.write_info(record.id, record_info(record))
 
     def refresh_info(self, record: UploadRecord) -> None:
         """Update the copy beside the data after a change that already counts; a failure only costs recovery."""
@@ -292,27 +287,54 @@ class UploadService:
         with locking.held(self.records, upload_id, ttl=self.lock_ttl, wait=self.lock_wait) as lock:
             yield lock
 
-    def open_append(
+    def request_lock(self, upload_id: str) -> LockAttempt:
+        """Send the upload's lock request ahead, to pass to ``open_write`` as ``held``.
+
+        The round trip to the record store then overlaps whatever the caller
+        does in between (hashing the first bytes of a legacy chunk). Until
+        ``open_write`` or ``cancel_lock_request`` the upload may be locked for
+        this request.
+        """
+        return self.records.request_lock_and_get(upload_id, self.lock_ttl)
+
+    def cancel_lock_request(self, upload_id: str, attempt: LockAttempt) -> None:
+        """A lock request sent ahead is not wanted after all: let go if it took the lock, without waiting."""
+        token, _ = attempt()
+        if token is not None:
+            self.records.release_lock(upload_id, token)
+
+    def open_write(
         self,
         upload_id: str,
         owner: str,
         *,
         offset: int,
         length: int | None = None,
-        auto_complete: bool = True,
-        slide_expiry: bool = True,
+        held: LockAttempt | KeptLock | None = None,
+        rules: WriteRules = TUS_RULES,
+        track: Callable[[UploadRecord], Tracker | None] | None = None,
         authorize: Callable[[UploadRecord], object] | None = None,
-        first_attempt: LockAttempt | None = None,
     ) -> AppendSession:
-        """Take the upload for writing at ``offset``.
+        """Take the upload for writing at ``offset``: the one way a write to an existing upload starts.
 
-        ``length`` fixes a deferred length; ``authorize`` may refuse the
-        record by raising. Raises the errors of ``get`` plus
-        FinalUploadImmutable, AlreadyComplete, OffsetMismatch, InvalidRequest
-        (a length that contradicts the upload) and Locked.
+        ``held`` is where the lock comes from when not from a fresh request:
+        a request sent ahead (``request_lock``), or a lock kept from the
+        client's last request (checked without asking the store: nobody else
+        could change the record meanwhile). ``length`` fixes a deferred
+        length; ``authorize`` may refuse the record by raising; ``track``
+        gives the tracker a protocol keeps for this record (a kept lock brings
+        its own). Raises the errors of ``get`` plus FinalUploadImmutable,
+        AlreadyComplete, OffsetMismatch, InvalidRequest (a length that
+        contradicts the upload) and Locked; lets go of the lock when refusing.
         """
-        lock, record = self.take(upload_id, owner, authorize, first_attempt)
+        if isinstance(held, KeptLock):
+            lock, record, tracker = held.lock, held.record, held.tracker
+            lock.resumed()
+        else:
+            lock, record = self.lock_for_write(upload_id, owner, authorize, held)
+            tracker = None
         try:
+            self.usable(record, owner)
             if record.concat == "final":
                 raise errors.FinalUploadImmutable()
             if record.state is State.COMPLETE:
@@ -322,74 +344,28 @@ class UploadService:
             new_length = self._new_length(record, length)
             writer = self.data.writer(upload_id, record.offset)
         except BaseException:
-            lock.release()
+            locking.release_tracked(lock, tracker, record.offset)
             raise
-        md5 = None
-        if record.md5_state and record.md5_offset == record.offset and md5state.available():
-            # Keep a running MD5 current for uploads that started with one (legacy uploads).
-            md5 = md5state.ResumableMD5(bytes.fromhex(record.md5_state))
-        return AppendSession(
-            self,
-            record,
-            lock,
-            writer,
-            auto_complete=auto_complete,
-            slide_expiry=slide_expiry,
-            md5=md5,
-            new=False,
-            new_length=new_length,
-        )
+        if tracker is None and track is not None:
+            tracker = track(record)
+        return self._session(record, lock, writer, rules=rules, new_length=new_length, tracker=tracker)
 
-    def resume_append(
-        self,
-        kept: keeping.KeptLock,
-        owner: str,
-        *,
-        length: int | None = None,
-        auto_complete: bool = True,
-        slide_expiry: bool = True,
-    ) -> AppendSession:
-        """``open_append`` at the kept record's offset with a lock this thread kept (``keeping.claim``).
+    def _session(self, record: UploadRecord, lock: locking.HeldLock, writer: Writer, **options: Any) -> AppendSession:
+        limit = self.deferred_limit(record)
+        return AppendSession(self.records, self.data, self.limits, record, lock, writer, max_length=limit, **options)
 
-        Makes the same checks without asking Redis: nobody else could change
-        the record while the lock was kept. Lets the lock go when refusing.
-        """
-        record = kept.record
+    def commit(self, session: AppendSession, *, interrupted: bool = False, keep_lock: bool = False) -> AppendResult:
+        """Commit a session's bytes, then do what follows: count a length it set, finish a completed upload."""
         try:
-            self.usable(record, owner)
-            if record.concat == "final":
-                raise errors.FinalUploadImmutable()
-            if record.state is State.COMPLETE:
-                raise errors.AlreadyComplete()
-            new_length = self._new_length(record, length)
-            writer = self.data.writer(record.id, record.offset)
-        except BaseException:
-            kept.lock.release()
-            raise
-        kept.lock.resumed()
-        return AppendSession(
-            self,
-            record,
-            kept.lock,
-            writer,
-            auto_complete=auto_complete,
-            slide_expiry=slide_expiry,
-            md5=kept.md5,
-            new=False,
-            new_length=new_length,
-            defer_md5=True,
-            md5_stored=kept.md5_stored,
-        )
-
-    def request_append(self, upload_id: str, owner: str, **options: Any) -> PendingAppend:
-        """``open_append`` in two steps: the lock request leaves now, ``open()`` on the result opens the session.
-
-        The round trip to the record store then overlaps whatever the caller
-        does in between (hashing the first bytes of a legacy chunk). Until
-        ``open()`` or ``cancel()`` the upload may be locked for this request.
-        """
-        attempt = self.records.request_lock_and_get(upload_id, self.lock_ttl)
-        return PendingAppend(self, upload_id, owner, attempt, options)
+            result = session.commit(interrupted=interrupted, keep_lock=keep_lock)
+            if result.length_set:
+                self.length_fixed(result.record)
+            if result.completed:
+                # Under the lock: a DELETE cannot take the data while it is handed over.
+                result = replace(result, record=self.finish(result.record.id) or result.record)
+        finally:
+            session.release()
+        return result
 
     def append(
         self,
@@ -401,7 +377,7 @@ class UploadService:
         content_length: int | None,
         length: int | None = None,
         digest: Digest | None = None,
-        auto_complete: bool = True,
+        rules: WriteRules = TUS_RULES,
         authorize: Callable[[UploadRecord], object] | None = None,
     ) -> AppendResult:
         """Store the bytes of ``stream`` at ``offset`` and advance the offset by what was stored.
@@ -409,12 +385,10 @@ class UploadService:
         Bytes that would run past the length are refused without being
         written. A body cut short keeps what arrived, unless a digest was
         given: a partial chunk cannot match it. Raises the errors of
-        ``open_append`` plus ExceedsLength, TooLarge, ChecksumMismatch,
+        ``open_write`` plus ExceedsLength, TooLarge, ChecksumMismatch,
         StorageFull and LockLost.
         """
-        session = self.open_append(
-            upload_id, owner, offset=offset, length=length, auto_complete=auto_complete, authorize=authorize
-        )
+        session = self.open_write(upload_id, owner, offset=offset, length=length, rules=rules, authorize=authorize)
         try:
             self.check_room(session, content_length)
             try:
@@ -442,7 +416,7 @@ class UploadService:
         and only the blocking calls take a thread (``offload``), so an upload in flight holds none.
         """
         session = await run_blocking(
-            self.open_append, upload_id, owner, offset=offset, length=length, authorize=authorize
+            self.open_write, upload_id, owner, offset=offset, length=length, authorize=authorize
         )
         try:
             self.check_room(session, content_length)
@@ -468,7 +442,7 @@ class UploadService:
         A checksummed chunk cannot be kept in part.
         """
         if digest is None and session.written:
-            session.commit(interrupted=True)
+            self.commit(session, interrupted=True)
         return self._storage_error(exc)
 
     def end_append(
@@ -492,18 +466,13 @@ class UploadService:
             # one ftruncate on the rare failure, and the offset in the
             # record never counted these bytes anyway.
             raise errors.ChecksumMismatch()
-        return session.commit(interrupted=interrupted)
+        return self.commit(session, interrupted=interrupted)
 
-    def check_advance(self, result: AdvanceResult) -> None:
+    @staticmethod
+    def check_advance(result: AdvanceResult) -> None:
         """Turn a refused offset advance into the error that explains it."""
-        if result.status is AdvanceStatus.LOCK_LOST:
-            raise errors.LockLost()
-        if result.status is AdvanceStatus.MISSING:
-            raise errors.NotFound()
-        if result.status is AdvanceStatus.LENGTH_MISMATCH:
-            raise errors.InvalidRequest("Upload-Length cannot change once it is set")
         if not result.ok:
-            raise errors.OffsetMismatch(result.offset)
+            raise advance_error(result)
 
     def _overflow(self, record: UploadRecord) -> errors.UploadError:
         if record.length is None:
@@ -639,7 +608,7 @@ class UploadService:
 
         ``target`` (a Storage and a name in it) overrides TUSBRIDGE_STORAGE for this upload.
         """
-        lock, record = self.take(upload_id, owner)
+        lock, record = self.lock_for_write(upload_id, owner)
         try:
             if record.state is State.COMPLETE:
                 raise errors.AlreadyComplete()
@@ -709,7 +678,7 @@ class UploadService:
 
     def terminate(self, upload_id: str, owner: str, authorize: Callable[[UploadRecord], object] | None = None) -> None:
         """Delete the upload's data; the id answers Gone for the retention period."""
-        lock, record = self.take(upload_id, owner, authorize)
+        lock, record = self.lock_for_write(upload_id, owner, authorize)
         try:
             self.remove_data(upload_id)
             self.records.retire(upload_id, State.TERMINATED, keep_for=self.retention)
@@ -834,7 +803,6 @@ class UploadService:
             self.data.remove(upload_id)
 
 
-_stores: dict[tuple[Any, ...], RedisRecordStore] = {}
 _services: dict[str, UploadService] = {}
 
 
@@ -858,15 +826,9 @@ setting_changed.connect(_forget_service, dispatch_uid="tusbridge.service")
 
 
 def _build_service() -> UploadService:
-    url, timeout, prefix = conf.get("REDIS_URL"), float(conf.get("REDIS_TIMEOUT")), conf.get("KEY_PREFIX")
-    max_connections = int(conf.get("REDIS_MAX_CONNECTIONS"))
-    key = (url, timeout, prefix, max_connections)
-    records = _stores.get(key)
-    if records is None:
-        records = _stores[key] = RedisRecordStore(client_for(url, timeout, max_connections), prefix)
     return UploadService(
-        records,
-        FileSystemDataStore(conf.upload_dir(), fsync=bool(conf.get("FSYNC"))),
+        configured_record_store(),
+        configured_data_store(),
         expiry=conf.seconds(conf.get("EXPIRY")),
         retention=conf.seconds(conf.get("RETENTION")),
         max_size=int(conf.get("MAX_SIZE") or 0),

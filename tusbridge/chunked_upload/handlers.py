@@ -21,24 +21,35 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from django.core.files.uploadhandler import FileUploadHandler, StopFutureHandlers
 from django.http import HttpRequest
 
-from .. import conf, errors, keeping, md5state
-from ..appending import AppendSession, PendingAppend
+from .. import conf, errors, locking
+from ..appending import AppendSession
 from ..bodies import BodyReader, polling_reads, reader_for
 from ..permissions import owner_of
+from ..records.base import LockAttempt
+from ..service import UploadService
 from .exceptions import ChunkedUploadError
-from .models import legacy_error
+from .md5 import ResumableMD5, RunningMD5, available, recent_states
+from .models import LEGACY_RULES, legacy_error
 from .multipart import ChunkBodyParser
 
 # Seconds a chunk's lock request may wait for its bytes before its reply is read.
 LOCK_REPLY_WAIT = 0.05
 
-if TYPE_CHECKING:
-    from .views import ChunkedUploadView
+
+class ChunkView(Protocol):
+    """What the handler needs of the view that installs it (``views.ChunkedUploadView``)."""
+
+    service: UploadService
+    field_name: str
+
+    def chunk_span(self, request: HttpRequest) -> tuple[int, int, int] | None: ...
+
+    def max_bytes_before_hooks(self) -> int | None: ...
 
 
 class DirectChunk:
@@ -73,19 +84,21 @@ class DirectChunk:
 
 
 class DirectChunkHandler(FileUploadHandler):
-    def __init__(self, request: HttpRequest, view: ChunkedUploadView) -> None:
+    def __init__(self, request: HttpRequest, view: ChunkView) -> None:
         super().__init__(request)
         self.view = view
         self.parser: ChunkBodyParser | None = None
         self.session: AppendSession | None = None
-        # An existing upload's session, asked for when the part began. Until it
-        # opens, the part's bytes are held (and hashed ahead from the MD5 state
-        # this process last stored for the upload, when it has one).
-        self.opening: PendingAppend | None = None
+        # An existing upload's lock, asked for when the part began (with the
+        # upload id and Content-Range). Until the session opens, the part's bytes
+        # are held (and hashed ahead from the MD5 state this process last stored
+        # for the upload, when it has one).
+        self.opening: LockAttempt | None = None
+        self.opening_for: tuple[str, int, int] = ("", 0, 0)
         self.held: list[bytes] = []
         self.held_size = 0
         self.md5_base: bytes | None = None
-        self.md5_ahead: md5state.ResumableMD5 | None = None
+        self.md5_ahead: ResumableMD5 | None = None
         self.file_args: tuple[Any, ...] = ()
         self.file_kwargs: dict[str, Any] = {}
         self.expected = 0
@@ -163,41 +176,35 @@ class DirectChunkHandler(FileUploadHandler):
         self.expected = end - start + 1
         if upload_id and self._resume_kept(upload_id, start, total):
             raise StopFutureHandlers()
-        keeping.release()  # another upload or offset: the lock this thread kept goes back first
+        locking.hooks.release_kept()  # another upload or offset: a lock kept for this client goes back first
         if upload_id:
             # The lock request travels while the part's bytes arrive and are hashed.
-            self.opening = self.view.service.request_append(
-                upload_id,
-                owner_of(self.request),
-                offset=start,
-                length=total,
-                auto_complete=False,
-                slide_expiry=False,
-            )
-            if md5state.available():
-                self.md5_base = md5state.recent_states.recall(upload_id, start)
+            self.opening = self.view.service.request_lock(upload_id)
+            self.opening_for = (upload_id, start, total)
+            if available():
+                self.md5_base = recent_states.recall(upload_id, start)
                 if self.md5_base is not None:
-                    self.md5_ahead = md5state.ResumableMD5(self.md5_base)
+                    self.md5_ahead = ResumableMD5(self.md5_base)
             self.file_args = (field_name, file_name, content_type, content_length, *args)
             self.file_kwargs = kwargs
             raise StopFutureHandlers()
         try:
             if start == 0:
                 record = self.view.service.new_record(owner=owner_of(self.request), protocol="legacy", length=total)
-                self.session = self.view.service.open_new(record, track_md5=True, auto_complete=False)
+                self.session = self.view.service.open_new(record, rules=LEGACY_RULES, tracker=RunningMD5.new(record.id))
         except errors.UploadError:
             self.session = None  # the view will find the same problem and report it
         if self.session is not None:
             raise StopFutureHandlers()
 
     def _resume_kept(self, upload_id: str, start: int, total: int) -> bool:
-        """Open the session with the lock this thread kept from the upload's previous chunk, if it did."""
-        kept = keeping.claim(upload_id, start)
+        """Open the session with the lock kept from the client's previous chunk, if there is one."""
+        kept = locking.claim_kept(upload_id, start)
         if kept is None:
             return False
         try:
-            self.session = self.view.service.resume_append(
-                kept, owner_of(self.request), length=total, auto_complete=False, slide_expiry=False
+            self.session = self.view.service.open_write(
+                upload_id, owner_of(self.request), offset=start, length=total, held=kept, rules=LEGACY_RULES
             )
         except errors.UploadError:
             return False  # the lock went back; the ordinary way finds the same problem and reports it
@@ -220,8 +227,17 @@ class DirectChunkHandler(FileUploadHandler):
         opening, self.opening = self.opening, None
         held, self.held = self.held, []
         assert opening is not None
+        upload_id, start, total = self.opening_for
         try:
-            self.session = opening.open()
+            self.session = self.view.service.open_write(
+                upload_id,
+                owner_of(self.request),
+                offset=start,
+                length=total,
+                held=opening,
+                rules=LEGACY_RULES,
+                track=RunningMD5.resume,
+            )
         except errors.UploadError as exc:
             if not step_aside:
                 raise legacy_error(exc) from None
@@ -232,13 +248,11 @@ class DirectChunkHandler(FileUploadHandler):
             # dropped, and the view reports the failure as a failed write.
             self.failure = exc
             return None
-        hashed = (
-            self.md5_ahead is not None
-            and self.md5_base is not None
-            and self.session.adopt_md5(self.md5_ahead, self.md5_base)
-        )
+        tracker = self.session.tracker
+        if self.md5_ahead is not None and self.md5_base is not None and isinstance(tracker, RunningMD5):
+            tracker.adopt(self.md5_ahead, self.md5_base, covering=min(self.held_size, self.expected))
         for data in held:
-            self._write(data, hashed=hashed)
+            self._write(data)
         return None
 
     def _step_aside(self) -> None:
@@ -250,13 +264,13 @@ class DirectChunkHandler(FileUploadHandler):
             except StopFutureHandlers:
                 break
 
-    def _write(self, data: bytes, *, hashed: bool = False) -> None:
+    def _write(self, data: bytes) -> None:
         # Never write past what Content-Range announced; the size check in
         # the view rejects such a part and the session is aborted.
         room = self.expected - self.received
         if room > 0 and self.failure is None and self.session is not None:
             try:
-                self.session.write(data[:room], hashed=hashed)
+                self.session.write(data[:room])
             except OSError as exc:
                 # Read the rest of the part without writing; the view reports it.
                 self.failure = exc
@@ -270,7 +284,7 @@ class DirectChunkHandler(FileUploadHandler):
             # the process's few Redis connections.
             if (
                 self.held_size < min(self.expected, self.view.service.read_size)
-                and time.monotonic() - self.opening.attempt.sent_at < LOCK_REPLY_WAIT
+                and time.monotonic() - self.opening.sent_at < LOCK_REPLY_WAIT
             ):
                 return None
             return self._open()
@@ -301,7 +315,7 @@ class DirectChunkHandler(FileUploadHandler):
             # Asked for but never opened (the body broke off first): let the lock go.
             opening, self.opening = self.opening, None
             self.held = []
-            opening.cancel()
+            self.view.service.cancel_lock_request(self.opening_for[0], opening)
         if self.session is not None:
             self.session.abort()
 

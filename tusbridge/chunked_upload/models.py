@@ -22,14 +22,19 @@ from django.core.files.storage import Storage
 from django.core.files.uploadedfile import UploadedFile
 from django.core.serializers.json import DjangoJSONEncoder
 
-from .. import errors, keeping
-from ..appending import AppendSession
+from .. import errors, locking
+from ..appending import AppendSession, WriteRules
+from ..data import DataStore, LocalFiles
 from ..filenames import safe_filename
 from ..record import State, UploadRecord
 from ..service import UploadService, get_service
 from . import settings
 from .constants import COMPLETE, UPLOADING
 from .exceptions import ChunkedUploadError
+from .md5 import RunningMD5, hexdigest
+
+# Legacy uploads complete when the client says so, and expire a fixed time after creation.
+LEGACY_RULES = WriteRules(auto_complete=False, slide_expiry=False)
 
 
 def _datetime(timestamp: float | None) -> datetime | None:
@@ -37,32 +42,36 @@ def _datetime(timestamp: float | None) -> datetime | None:
 
 
 class StoredFile:
-    """The upload's data: the file being written, or where a finished upload was handed to."""
+    """The upload's data: the data being written (in the data store), or where a finished upload was handed to."""
 
-    def __init__(self, path: str | None, storage: Storage | None, name: str) -> None:
+    def __init__(
+        self, name: str, *, storage: Storage | None = None, data: DataStore | None = None, upload_id: str = ""
+    ) -> None:
         self.storage = storage
         self.name = name
-        self._path = path
+        self._data = data
+        self._upload_id = upload_id
 
     @property
     def path(self) -> str:
-        if self._path is not None:
-            return self._path
-        assert self.storage is not None
-        return self.storage.path(self.name)
+        if self.storage is not None:
+            return self.storage.path(self.name)
+        if isinstance(self._data, LocalFiles):
+            return self._data.path(self._upload_id)
+        raise NotImplementedError("The upload's data is not a local file in this data store")
 
     @property
     def size(self) -> int:
-        if self._path is not None:
-            return os.path.getsize(self._path)
-        assert self.storage is not None
-        return self.storage.size(self.name)
+        if self.storage is not None:
+            return self.storage.size(self.name)
+        assert self._data is not None
+        return self._data.size(self._upload_id) or 0
 
     def open(self, mode: str = "rb") -> File:
-        if self._path is not None:
-            return File(open(self._path, mode), name=self.name)
-        assert self.storage is not None
-        return self.storage.open(self.name, mode)
+        if self.storage is not None:
+            return self.storage.open(self.name, mode)
+        assert self._data is not None
+        return File(self._data.open(self._upload_id), name=self.name)
 
     def __str__(self) -> str:
         return self.name
@@ -196,17 +205,18 @@ class ChunkedUpload:
     def md5(self) -> str:
         """MD5 of the bytes so far: kept current while chunks arrive, so this is not a re-read."""
         try:
-            return self.service.md5_hexdigest(self.record)
-        except errors.UploadError as exc:
-            raise legacy_error(exc) from None
+            return hexdigest(self.record, self.service.data, self.service.read_size)
+        except FileNotFoundError:
+            raise legacy_error(errors.Gone("The upload's data is gone (terminated meanwhile)")) from None
 
     @property
     def file(self) -> StoredFile:
         if self.record.stored_name:
             storage = settings.storage() if self.record.extra.get("_legacy_storage") else _tus_storage()
-            return StoredFile(None, storage, self.record.stored_name)
-        path = self.service.data.path(self.upload_id)
-        return StoredFile(path, None, path or self.upload_id)
+            return StoredFile(self.record.stored_name, storage=storage)
+        data = self.service.data
+        name = data.path(self.upload_id) if isinstance(data, LocalFiles) else self.upload_id
+        return StoredFile(name, data=data, upload_id=self.upload_id)
 
     def __setattr__(self, name: str, value: Any) -> None:
         object.__setattr__(self, name, value)
@@ -269,15 +279,17 @@ class ChunkedUpload:
             return
         try:
             if self._new:
-                self._session = self.service.open_new(self.record, track_md5=True, auto_complete=False)
+                self._session = self.service.open_new(
+                    self.record, rules=LEGACY_RULES, tracker=RunningMD5.new(self.record.id)
+                )
             else:
-                self._session = self.service.open_append(
+                self._session = self.service.open_write(
                     self.upload_id,
                     self.record.owner,
                     offset=self.record.offset,
                     length=getattr(self, "_pending_length", None),
-                    auto_complete=False,
-                    slide_expiry=False,
+                    rules=LEGACY_RULES,
+                    track=RunningMD5.resume,
                 )
         except errors.OffsetMismatch as exc:
             raise ChunkedUploadError(400, detail="Offsets do not match", offset=exc.current) from None
@@ -295,7 +307,7 @@ class ChunkedUpload:
         try:
             if self._session is not None:
                 session, self._session = self._session, None
-                self.record = session.commit(keep_lock=keeping.allowed()).record
+                self.record = self.service.commit(session, keep_lock=locking.may_keep()).record
                 self._new = False
             elif self._new:
                 created = self.service.create(

@@ -9,7 +9,6 @@ from __future__ import annotations
 import re
 from typing import Any
 
-import redis.exceptions
 from django.conf import settings as django_settings
 from django.http import HttpRequest, HttpResponse
 from django.middleware.csrf import CsrfViewMiddleware
@@ -18,7 +17,7 @@ from django.utils.decorators import classonlymethod
 from django.utils.module_loading import import_string
 from django.views.generic import View
 
-from .. import conf
+from .. import conf, errors
 from ..permissions import owner_of
 from ..service import UploadService, get_service
 from . import settings
@@ -150,9 +149,11 @@ class ChunkedUploadBaseView(View):
                 response = self._post(request, *args, **kwargs)
         except ChunkedUploadError as error:
             response = Response(error.data, status=error.status_code)
-        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
+            if error.status_code == http_status.HTTP_503_SERVICE_UNAVAILABLE:
+                response["Retry-After"] = "5"
+        except errors.StoreUnavailable:
             response = Response(
-                {"detail": "The upload record store is unavailable; try again shortly"},
+                {"detail": errors.StoreUnavailable.message},
                 status=http_status.HTTP_503_SERVICE_UNAVAILABLE,
             )
             response["Retry-After"] = "5"

@@ -1,5 +1,5 @@
 """Data stores: where the bytes of unfinished uploads live (one module per backend)."""
 
-from .base import Concatenator, DataStore, InfoKeeper, Terminator, Writer
+from .base import Concatenator, DataStore, InfoKeeper, LocalFiles, Terminator, Writer
 
-__all__ = ["Concatenator", "DataStore", "InfoKeeper", "Terminator", "Writer"]
+__all__ = ["Concatenator", "DataStore", "InfoKeeper", "LocalFiles", "Terminator", "Writer"]

@@ -12,6 +12,8 @@ import abc
 from collections.abc import Iterator, Sequence
 from typing import BinaryIO, Protocol, runtime_checkable
 
+from django.core.checks import CheckMessage
+
 
 class Writer(abc.ABC):
     """Appends to one upload's data, starting at the offset it was opened at."""
@@ -53,9 +55,22 @@ class DataStore(abc.ABC):
     def size(self, upload_id: str) -> int | None:
         """Bytes stored, or None when there is no data object."""
 
-    @abc.abstractmethod
-    def path(self, upload_id: str) -> str | None:
-        """A local file path when the data is a local file, else None."""
+    @classmethod
+    def from_settings(cls) -> DataStore:
+        """The store as the TUSBRIDGE_* settings describe it; TUSBRIDGE_DATA_STORE names the class."""
+        return cls()
+
+    @classmethod
+    def check(cls) -> list[CheckMessage]:
+        """System checks of this backend's settings (``manage.py check``)."""
+        return []
+
+
+@runtime_checkable
+class LocalFiles(Protocol):
+    """A store whose data objects are local files (what a legacy project's ``upload.file.path`` gives)."""
+
+    def path(self, upload_id: str) -> str: ...
 
 
 @runtime_checkable

@@ -1,8 +1,12 @@
-"""The interface every record store implements.
+"""The interfaces a record store implements, one per concern.
 
-A record store keeps upload records, advances offsets atomically, holds the
-per-upload lock and indexes expiry times. The service relies on exactly these
-guarantees and nothing else, so another backend only has to provide them.
+A record store keeps upload records and advances offsets atomically
+(``Records``), holds the per-upload lock and passes release requests to its
+holder (``Locks``), counts owners' uploads in progress (``Quotas``), indexes
+expiry times (``ExpiryIndex``) and remembers which final uploads wait for a
+partial (``Concatenations``). The service relies on exactly these guarantees
+and nothing else, so another backend only has to provide them. A backend
+raises ``errors.StoreUnavailable`` when it cannot be reached.
 """
 
 from __future__ import annotations
@@ -13,6 +17,8 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from enum import StrEnum
+
+from django.core.checks import CheckMessage
 
 from ..record import State, UploadRecord
 
@@ -68,8 +74,8 @@ class ReleaseListener(abc.ABC):
     def close(self) -> None: ...
 
 
-class RecordStore(abc.ABC):
-    """Upload records with atomic offset advance, a per-upload lock and an expiry index."""
+class Records(abc.ABC):
+    """Upload records whose offset moves in one atomic step."""
 
     @abc.abstractmethod
     def create(self, record: UploadRecord) -> None:
@@ -133,6 +139,14 @@ class RecordStore(abc.ABC):
         """Forget the record entirely."""
 
     @abc.abstractmethod
+    def ping(self) -> None:
+        """Raise if the store cannot be reached."""
+
+
+class Locks(abc.ABC):
+    """The per-upload lock: one writer at a time, and a way to ask the writer to let go."""
+
+    @abc.abstractmethod
     def acquire_lock(self, upload_id: str, ttl: float) -> str | None:
         """Take the upload's lock; return its token, or None while someone else holds it."""
 
@@ -182,13 +196,9 @@ class RecordStore(abc.ABC):
     def listen_for_release(self, upload_id: str) -> ReleaseListener:
         """Start hearing release requests for an upload whose lock this process holds."""
 
-    @abc.abstractmethod
-    def add_waiting_final(self, partial_id: str, final_id: str) -> None:
-        """Remember that a final upload waits for this partial upload to complete."""
 
-    @abc.abstractmethod
-    def waiting_finals(self, partial_id: str) -> list[str]:
-        """The final uploads waiting for this partial upload."""
+class Quotas(abc.ABC):
+    """Uploads in progress per owner, counted atomically against limits."""
 
     @abc.abstractmethod
     def reserve(self, owner: str, upload_id: str, length: int, *, max_uploads: int, max_bytes: int) -> str:
@@ -201,6 +211,10 @@ class RecordStore(abc.ABC):
     @abc.abstractmethod
     def unreserve(self, owner: str, upload_id: str) -> None:
         """Stop counting an upload against its owner's limits."""
+
+
+class ExpiryIndex(abc.ABC):
+    """When each unfinished upload expires, for the cleanup command."""
 
     @abc.abstractmethod
     def created_before(self, when: float, limit: int) -> list[str]:
@@ -218,6 +232,28 @@ class RecordStore(abc.ABC):
     def reindex(self, upload_id: str, expires_at: float) -> None:
         """Record a new expiry time in the index."""
 
+
+class Concatenations(abc.ABC):
+    """Which final uploads wait for a partial upload to complete."""
+
     @abc.abstractmethod
-    def ping(self) -> None:
-        """Raise if the store cannot be reached."""
+    def add_waiting_final(self, partial_id: str, final_id: str) -> None:
+        """Remember that a final upload waits for this partial upload to complete."""
+
+    @abc.abstractmethod
+    def waiting_finals(self, partial_id: str) -> list[str]:
+        """The final uploads waiting for this partial upload."""
+
+
+class RecordStore(Records, Locks, Quotas, ExpiryIndex, Concatenations):
+    """Everything the service needs from a record store; TUSBRIDGE_RECORD_STORE names the class."""
+
+    @classmethod
+    def from_settings(cls) -> RecordStore:
+        """The store as the TUSBRIDGE_* settings describe it (a backend may share one per process)."""
+        return cls()
+
+    @classmethod
+    def check(cls) -> list[CheckMessage]:
+        """System checks of this backend's settings (``manage.py check``)."""
+        return []

@@ -8,6 +8,8 @@ a script, for the same reason.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import logging
 import os
 import secrets
@@ -15,10 +17,12 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, TypeVar
 
 import redis
+from django.core.checks import CheckMessage, Error, Warning
 
+from .. import conf, errors
 from ..holders import new_token
 from ..record import State, UploadRecord, encode_field
 from .base import AdvanceResult, AdvanceStatus, LockAttempt, RecordStore, ReleaseListener
@@ -298,7 +302,93 @@ def _glob_escape(text: str) -> str:
     return "".join("\\" + c if c in "*?[]\\" else c for c in text)
 
 
+# Redis errors that mean "not reachable now": the store raises StoreUnavailable for them.
+_UNREACHABLE = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+
+# Only noeviction is safe: volatile-* policies may evict a held lock (it has a TTL).
+_SAFE_EVICTION = ("noeviction",)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _unavailable_on_outage(call: F) -> F:
+    """``call``, raising the core's StoreUnavailable where redis-py raises its connection errors."""
+
+    @functools.wraps(call)
+    def translated(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return call(*args, **kwargs)
+        except _UNREACHABLE as exc:
+            raise errors.StoreUnavailable() from exc
+
+    return translated  # type: ignore[return-value]
+
+
+def _outages_as_store_unavailable(cls: type[RecordStore]) -> type[RecordStore]:
+    """Every public operation of ``cls`` raises StoreUnavailable, not redis-py's errors, when Redis is unreachable."""
+    for name, member in list(vars(cls).items()):
+        if not name.startswith("_") and inspect.isfunction(member):
+            setattr(cls, name, _unavailable_on_outage(member))
+    return cls
+
+
+_stores: dict[tuple[Any, ...], RedisRecordStore] = {}
+
+
+@_outages_as_store_unavailable
 class RedisRecordStore(RecordStore):
+    """Records, locks, quotas and the expiry index in Redis (TUSBRIDGE_REDIS_URL)."""
+
+    @classmethod
+    def from_settings(cls) -> RedisRecordStore:
+        """One store per URL, timeout, prefix and connection budget, shared by the requests of a process."""
+        url, timeout, prefix = conf.get("REDIS_URL"), float(conf.get("REDIS_TIMEOUT")), conf.get("KEY_PREFIX")
+        max_connections = int(conf.get("REDIS_MAX_CONNECTIONS"))
+        key = (cls, url, timeout, prefix, max_connections)
+        with _clients_lock:
+            store = _stores.get(key)
+        if store is None:
+            store = cls(client_for(url, timeout, max_connections), prefix)
+            with _clients_lock:
+                store = _stores.setdefault(key, store)
+        return store
+
+    @classmethod
+    def check(cls) -> list[CheckMessage]:
+        """TUSBRIDGE_REDIS_URL is valid and reachable, and Redis does not evict keys."""
+        url = conf.get("REDIS_URL")
+        try:
+            client = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
+        except (ValueError, TypeError) as exc:
+            return [Error(f"TUSBRIDGE_REDIS_URL {url!r} is not a valid Redis URL: {exc}", id="tusbridge.E001")]
+        try:
+            client.ping()
+        except redis.RedisError as exc:
+            return [
+                Warning(
+                    f"Redis at TUSBRIDGE_REDIS_URL {url!r} cannot be reached: {exc}",
+                    hint="Start Redis or correct the URL; uploads answer 503 until it is reachable.",
+                    id="tusbridge.W001",
+                )
+            ]
+        try:
+            policy = client.config_get("maxmemory-policy").get("maxmemory-policy", "noeviction")
+        except redis.RedisError:
+            return []  # CONFIG may be disabled on managed Redis; nothing to say then.
+        finally:
+            client.close()
+        if policy not in _SAFE_EVICTION:
+            return [
+                Warning(
+                    f"Redis evicts keys under memory pressure (maxmemory-policy {policy}); "
+                    "an evicted upload record loses track of its data.",
+                    hint="Use maxmemory-policy noeviction for the tusbridge database "
+                    "(volatile-* may evict a held lock).",
+                    id="tusbridge.W002",
+                )
+            ]
+        return []
+
     def __init__(self, client: redis.Redis, prefix: str) -> None:
         self.client = client
         self.prefix = prefix
@@ -469,7 +559,8 @@ class RedisRecordStore(RecordStore):
                 sent, reply = send()
             return None, _record(raw)
 
-        attempt = LockAttempt(result)  # before sending: its sent_at may not be later than the call
+        # Made before sending: its sent_at may not be later than the call.
+        attempt = LockAttempt(_unavailable_on_outage(result))
         first = send()
         return attempt
 

@@ -1,8 +1,8 @@
 """Lua scripts sent straight down a connection, for the calls every request makes.
 
-redis-py's command path spends about 40 µs per call on top of the round
-trip (observability hooks, argument checks, a readiness poll of the socket
-when a connection leaves the pool). Taking the upload's lock and reading it,
+redis-py's command path does work of its own on every call on top of the
+round trip (observability hooks, argument checks, a readiness poll of the
+socket when a connection leaves the pool). Taking the upload's lock and reading it,
 advancing the offset and reading a settled record run once or twice in every
 request, so they skip that path: EVALSHA on an idle connection kept for the
 purpose. Anything out of the ordinary (Redis not knowing the script yet, a

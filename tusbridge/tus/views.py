@@ -15,7 +15,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import redis.exceptions
 from asgiref.sync import sync_to_async
 from django.http import HttpRequest, HttpResponse
 from django.utils.decorators import method_decorator
@@ -93,10 +92,6 @@ def _content_length(request: HttpRequest) -> int | None:
         raise _invalid(exc) from None
 
 
-# Redis errors that mean "answer 503, try again later".
-_STORE_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
-
-
 @dataclass(frozen=True)
 class PatchPlan:
     offset: int
@@ -124,8 +119,8 @@ class TusView(View):
     def dispatch(self, request: HttpRequest, *args: Any, upload_id: str | None = None, **kwargs: Any) -> HttpResponse:
         try:
             response = self.answer(request, _method(request), upload_id)
-        except (errors.UploadError, *_STORE_DOWN) as exc:
-            response = self.failure_response(exc)
+        except errors.UploadError as exc:
+            response = self.error_response(exc)
         return self.finish(request, response)
 
     async def dispatch_async(self, request: HttpRequest, upload_id: str | None = None) -> HttpResponse:
@@ -144,8 +139,8 @@ class TusView(View):
                 response = await self.create_async(request)
             else:
                 response = self.route(method, upload_id)(request, upload_id)
-        except (errors.UploadError, *_STORE_DOWN) as exc:
-            response = self.failure_response(exc)
+        except errors.UploadError as exc:
+            response = self.error_response(exc)
         return self.finish(request, response)
 
     def answer(self, request: HttpRequest, method: str, upload_id: str | None) -> HttpResponse:
@@ -156,13 +151,6 @@ class TusView(View):
             response["Tus-Version"] = TUS_VERSION
             return response
         return self.route(method, upload_id)(request, upload_id)
-
-    def failure_response(self, exc: Exception) -> HttpResponse:
-        if isinstance(exc, errors.UploadError):
-            return self.error_response(exc)
-        response = _text(503, errors.StoreUnavailable.message)
-        response["Retry-After"] = "5"
-        return response
 
     @staticmethod
     def finish(request: HttpRequest, response: HttpResponse) -> HttpResponse:
@@ -193,6 +181,8 @@ class TusView(View):
             response["Upload-Offset"] = str(exc.current)
         if isinstance(exc, errors.Locked):
             response["Retry-After"] = "1"
+        if isinstance(exc, errors.StoreUnavailable):
+            response["Retry-After"] = "5"
         return response
 
     # Helpers ----------------------------------------------------------------
@@ -407,7 +397,7 @@ class TusView(View):
     def head(self, request: HttpRequest, upload_id: str) -> HttpResponse:
         service = get_service()
         owner = owner_of(request)
-        record = service.settled(upload_id, owner)
+        record = service.read_when_idle(upload_id, owner)
         self.check_permission(request, "read", record)
         if record.concat == "final" and record.state is State.UPLOADING:
             record = service.assemble(upload_id) or record

@@ -2,31 +2,27 @@
 
 gunicorn's gthread worker gives a kept-alive connection back to its main
 thread after every request; the main thread polls it and passes it to a pool
-thread again when the next request arrives. Each pass wakes another thread:
-together about 0.2 ms of the 1.8 ms a 100 kB legacy chunk took on the
-benchmark machine. Upload
-clients (jQuery-File-Upload, tus-js-client, Uppy, tuspy) send their next
-chunk as soon as a response arrives, so here the pool thread that answered
-waits ``TUSBRIDGE_KEEPALIVE_LINGER`` seconds (at most gunicorn's
+thread again when the next request arrives, and each pass wakes another
+thread. Upload clients (jQuery-File-Upload, tus-js-client, Uppy, tuspy) send
+their next chunk as soon as a response arrives, so here the pool thread that
+answered waits ``TUSBRIDGE_KEEPALIVE_LINGER`` seconds (at most gunicorn's
 ``--keep-alive``) for it on the same connection and serves it itself. A
 thread waits only while another thread of the pool is idle, so waiting never
 leaves a new connection without a thread; a connection that stays quiet goes
 back to the main thread as in gthread. While it waits, the thread may keep
-the lock of the upload the last request wrote (``tusbridge.keeping``), so a
-legacy chunk that follows on the connection needs no lock request.
+the lock of the upload the last request wrote (``keeping``), so a legacy
+chunk that follows on the connection needs no lock request.
 
 Short requests without a body (HEAD, OPTIONS: a tus client checking where
 its uploads stand) are answered on the main thread itself, as a sync worker
-answers everything, when the whole request is already on the socket. A
-burst of them on new connections then costs about what it costs a sync
-worker; passing each to a pool thread and back cost twice as much CPU per
-connection on the benchmark machine, most of it threads waking each other
-and handing the GIL over. The main thread also accepts connections and
-watches kept-alive ones, so a request there must not wait: one that would
-(tusbridge's HEAD of an upload another request is writing) leaves through
-``tusbridge.inline`` and is served again on a pool thread, and one with a
-body is passed on parsed. A new connection whose request has not arrived
-yet is watched by the main thread, not by a pool thread's own selector.
+answers everything, when the whole request is already on the socket: a
+burst of them on new connections then costs no thread hand-overs. The main
+thread also accepts connections and watches kept-alive ones, so a request
+there must not wait: one that would (tusbridge's HEAD of an upload another
+request is writing) leaves through ``inline`` and is served again on a pool
+thread, and one with a body is passed on parsed. A new connection whose
+request has not arrived yet is watched by the main thread, not by a pool
+thread's own selector.
 
 Two smaller savings, each a few system calls or a thread wake-up per
 connection that gthread spends whatever the request:
@@ -40,11 +36,11 @@ Over TLS none of this applies (a peek sees records, not requests): a new
 connection whose first bytes are already there is served by a pool thread
 without gthread's wait for them, and the rest is as gthread does it.
 
-Use it as ``--worker-class tusbridge.workers.ThreadWorker`` with gunicorn
-24 or later (the gthread worker whose ``handle`` answers whether to keep the
-connection); with any other release it serves exactly as gthread does. The
-main thread answers requests itself only where gthread already watches
-connections that have sent nothing yet (gunicorn 26 and later).
+Use it as ``--worker-class tusbridge.gunicorn.workers.ThreadWorker`` with
+gunicorn 24 or later (the gthread worker whose ``handle`` answers whether to
+keep the connection); with any other release it serves exactly as gthread
+does. The main thread answers requests itself only where gthread already
+watches connections that have sent nothing yet (gunicorn 26 and later).
 """
 
 from __future__ import annotations
@@ -66,7 +62,8 @@ from gunicorn.http.body import LengthReader
 from gunicorn.workers import gthread
 from gunicorn.workers.gthread import ThreadWorker as GThreadWorker
 
-from . import conf, inline, keeping
+from .. import conf, locking
+from . import inline, keeping
 
 # Requests the main thread answers itself when they have no body.
 MAIN_THREAD_METHODS = (b"HEAD ", b"OPTIONS ")
@@ -84,6 +81,12 @@ class ThreadWorker(GThreadWorker):
         self._busy_lock = threading.Lock()
         # Where the main thread sorts connections itself (see the module's docstring).
         self._sorts = hasattr(self, "pending_conns") and hasattr(self, "keepalived_conns") and not self.cfg.is_ssl
+
+    def init_process(self) -> None:
+        """Plug keeping and the main thread's requests into tusbridge's locking, in this process only."""
+        keeping.install()
+        locking.hooks.before_waiting = inline.leave_before_waiting
+        super().init_process()
 
     def accept(self, listener: Any) -> None:
         """Take a new connection, and serve it or watch it (gthread: hand it to a pool thread at once)."""

@@ -1,13 +1,13 @@
 """An upload's lock kept from one request to the next on the same connection.
 
 A legacy client sends its chunks back to back on one kept-alive connection,
-and under ``tusbridge.workers.ThreadWorker`` the thread that answered a chunk
+and under ``tusbridge.gunicorn.workers.ThreadWorker`` the thread that answered a chunk
 waits a moment for the next one on that connection. Keeping the upload's lock
 (with the record as it stands and the running MD5) over that moment saves the
-next chunk a round trip to Redis before its first byte is written. The chunk
-that follows is hashed after its response is out (if it is short: see
-``appending.MAX_DEFERRED_MD5``), and the MD5's state is saved in the record
-when the lock goes back, not with every advance.
+next chunk a round trip to Redis before its first byte is written. What the
+protocol tracks (the legacy MD5) rides along with the lock: the chunk that
+follows is hashed after its response is out, and its state saved in the
+record when the lock goes back, not with every advance.
 
 Nothing else can miss the lock for long:
 
@@ -27,9 +27,9 @@ release and make a request on another connection wait. The pause doubles
 with every miss in a row (2, 4, ... up to 64 requests), and a kept lock
 that is used again ends it: a client that is late only now and then keeps
 the saving, and one that is always late pays a release once in 64 requests.
-Only a thread that a worker marked with ``connection()``
-keeps locks: under any other server every request lets go of its lock at
-commit, as before.
+Only a thread that the worker marked with ``connection()`` keeps locks;
+``install`` plugs this module into ``tusbridge.locking.hooks`` and connects
+its signal receivers, which the worker does when its process starts.
 """
 
 from __future__ import annotations
@@ -38,39 +38,18 @@ import logging
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from .locking import HeldLock
-    from .md5state import ResumableMD5
-    from .record import UploadRecord
+from django.core.signals import request_finished as request_finished_signal
+from django.core.signals import request_started as request_started_signal
+
+from .. import locking
+from ..locking import KeptLock
 
 logger = logging.getLogger("tusbridge")
 
 # A kept lock is used only while this much of its TTL is surely left.
 _MIN_SAFE_FRACTION = 0.5
-
-
-@dataclass
-class KeptLock:
-    lock: HeldLock
-    record: UploadRecord
-    md5: ResumableMD5 | None
-    # The last chunk's bytes, hashed once its response is out (request_finished).
-    unhashed: list[bytes] = field(default_factory=list)
-    # Whether the record holds the MD5's state; if not, it is saved when the lock goes back.
-    md5_stored: bool = True
-    # Filled in by keep(): the request that kept it (its number on this thread), its method and path.
-    request: int = 0
-    method: str = ""
-    path: str = ""
-
-    def hash_unhashed(self) -> None:
-        if self.md5 is not None:
-            for data in self.unhashed:
-                self.md5.update(data)
-        self.unhashed = []
 
 
 # The longest pause of keeping after misses in a row, as a power of two (64 requests).
@@ -91,12 +70,22 @@ class Connection:
         self.keeps_from = self.requests + 2 ** min(self.misses, _MAX_PAUSE_DOUBLINGS)
 
 
+class _Kept:
+    """A kept lock and the request that kept it (its number on this thread, its method and path)."""
+
+    def __init__(self, lock: KeptLock, request: int, method: str, path: str) -> None:
+        self.lock = lock
+        self.request = request
+        self.method = method
+        self.path = path
+
+
 class _Thread(threading.local):
     connection: Connection | None = None
     requests = 0  # requests started on this thread
     method = ""  # the current request's method and path
     path = ""
-    kept: KeptLock | None = None
+    kept: _Kept | None = None
 
 
 _thread = _Thread()
@@ -130,15 +119,15 @@ def keep(kept: KeptLock) -> None:
     if not allowed():
         _let_go(kept)
         return
-    kept.request, kept.method, kept.path = _thread.requests, _thread.method, _thread.path
-    _thread.kept = kept
+    _thread.kept = _Kept(kept, _thread.requests, _thread.method, _thread.path)
 
 
 def claim(upload_id: str, offset: int) -> KeptLock | None:
     """The kept lock if it is for ``upload_id`` at ``offset`` and surely still held; otherwise let any go."""
-    kept, _thread.kept = _thread.kept, None
-    if kept is None:
+    entry, _thread.kept = _thread.kept, None
+    if entry is None:
         return None
+    kept = entry.lock
     usable = (
         kept.record.id == upload_id
         and kept.record.offset == offset
@@ -147,7 +136,8 @@ def claim(upload_id: str, offset: int) -> KeptLock | None:
     if not usable:
         _let_go(kept)
         return None
-    kept.hash_unhashed()
+    if kept.tracker is not None:
+        kept.tracker.settle()
     if _thread.connection is not None:
         _thread.connection.misses = 0
     return kept
@@ -155,18 +145,39 @@ def claim(upload_id: str, offset: int) -> KeptLock | None:
 
 def release() -> None:
     """Let go of this thread's kept lock, if any."""
-    kept, _thread.kept = _thread.kept, None
-    if kept is not None:
-        _let_go(kept)
+    entry, _thread.kept = _thread.kept, None
+    if entry is not None:
+        _let_go(entry.lock)
 
 
 def _let_go(kept: KeptLock) -> None:
-    """Release the lock, saving the running MD5 with it where the record does not have it yet."""
-    kept.hash_unhashed()
     try:
-        kept.lock.release(unsaved_md5=None if kept.md5_stored else kept.md5, md5_offset=kept.record.offset)
-    except Exception as exc:  # Redis unreachable: the lock's TTL frees the upload
+        kept.let_go()
+    except Exception as exc:  # the record store unreachable: the lock's TTL frees the upload
         logger.warning("tusbridge: could not release the kept lock of upload %s: %s", kept.record.id, exc)
+
+
+class ThreadKeeper:
+    """``locking.LockKeeper`` for this module: one kept lock per thread."""
+
+    def may_keep(self) -> bool:
+        return allowed()
+
+    def keep(self, kept: KeptLock) -> None:
+        keep(kept)
+
+    def claim(self, upload_id: str, offset: int) -> KeptLock | None:
+        return claim(upload_id, offset)
+
+    def release(self) -> None:
+        release()
+
+
+def install() -> None:
+    """Keep locks between a connection's requests in this process: plug into locking, follow Django's requests."""
+    locking.hooks.keeper = ThreadKeeper()
+    request_started_signal.connect(request_started, dispatch_uid="tusbridge.keeping.started")
+    request_finished_signal.connect(request_finished, dispatch_uid="tusbridge.keeping.finished")
 
 
 def request_started(sender: Any, environ: dict[str, Any] | None = None, **kwargs: Any) -> None:
@@ -176,21 +187,23 @@ def request_started(sender: Any, environ: dict[str, Any] | None = None, **kwargs
     if _thread.connection is not None:
         _thread.connection.requests += 1
     _thread.method, _thread.path = environ.get("REQUEST_METHOD", ""), environ.get("PATH_INFO", "")
-    kept = _thread.kept
-    if kept is not None and (kept.method, kept.path) != (_thread.method, _thread.path):
+    entry = _thread.kept
+    if entry is not None and (entry.method, entry.path) != (_thread.method, _thread.path):
         release()
 
 
 def request_finished(sender: Any, **kwargs: Any) -> None:
     """Django's ``request_finished``, once the response is out.
 
-    A lock that this request kept gets its chunk hashed now, off the
-    client's clock; one that it neither used nor kept goes back.
+    A lock that this request kept gets its tracker settled now (the legacy
+    chunk hashed), off the client's clock; one that it neither used nor kept
+    goes back.
     """
-    kept = _thread.kept
-    if kept is None:
+    entry = _thread.kept
+    if entry is None:
         return
-    if kept.request == _thread.requests:
-        kept.hash_unhashed()
+    if entry.request == _thread.requests:
+        if entry.lock.tracker is not None:
+            entry.lock.tracker.settle()
     else:
         release()
