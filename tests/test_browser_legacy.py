@@ -16,20 +16,13 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-pytest.register_assert_rewrite("tests.example_server")
-
-from tests.example_server import (  # noqa: E402
-    ExampleServer,
-    make_file,
-    sha256,
-    wait_for_finished_row,
-)
+from tests.support.example_site import ExampleServer, make_file, sha256, wait_for_finished_row
 
 if TYPE_CHECKING:
     from playwright.sync_api import Page, Request, Response, Route
 
 # The fixtures (example_server, browser, demo_page) are registered once for the session.
-pytest_plugins = ["tests.example_server"]
+pytest_plugins = ["tests.support.example_site"]
 pytestmark = pytest.mark.live
 
 CHUNK_URL = "**/api/chunked_upload/"

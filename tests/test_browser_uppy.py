@@ -13,9 +13,7 @@ from typing import TYPE_CHECKING
 import pytest
 from playwright.sync_api import expect
 
-pytest.register_assert_rewrite("tests.example_server")
-
-from tests.example_server import (  # noqa: E402
+from tests.support.example_site import (
     ExampleServer,
     finished_rows,
     make_file,
@@ -30,7 +28,7 @@ if TYPE_CHECKING:
     from playwright.sync_api import Page, Request, Route
 
 # The fixtures (example_server, browser, demo_page) are registered once for the session.
-pytest_plugins = ["tests.example_server"]
+pytest_plugins = ["tests.support.example_site"]
 pytestmark = pytest.mark.live
 
 FILE_INPUT = "input.uppy-Dashboard-input:not([webkitdirectory])"

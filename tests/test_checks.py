@@ -13,7 +13,7 @@ from django.core.checks import Error, Warning
 from django.core.management import call_command
 from django.core.management.base import SystemCheckError
 
-from tests.conftest import free_port
+from tests.support.servers import free_port
 from tusbridge.checks import check_settings
 
 

@@ -25,8 +25,7 @@ from collections.abc import Callable
 
 import pytest
 
-from tests.conftest import GunicornServer
-from tests.fault_support import (
+from tests.support.faults import (
     User,
     file_bytes,
     json_of,
@@ -44,7 +43,8 @@ from tests.fault_support import (
     tus_patch_request,
     upload_id_of,
 )
-from tests.live_support import HAS_PROC_NET, RawRequest, is_locked, poll, wait_drained, wait_server_done
+from tests.support.live import HAS_PROC_NET, RawRequest, is_locked, poll, wait_drained, wait_server_done
+from tests.support.servers import GunicornServer
 
 pytestmark = pytest.mark.live
 

@@ -37,8 +37,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.conftest import GunicornServer
-from tests.fault_support import (
+from tests.support.faults import (
     User,
     file_bytes,
     json_of,
@@ -58,7 +57,8 @@ from tests.fault_support import (
     tus_patch_request,
     upload_id_of,
 )
-from tests.live_support import wait_drained
+from tests.support.live import wait_drained
+from tests.support.servers import GunicornServer
 
 pytestmark = pytest.mark.live
 

@@ -9,7 +9,7 @@ heard, as impatient or duplicated clients do. Throughout:
   ``offset`` bytes;
 - no request gets a 5xx;
 - completion happens exactly once: the finished file is handed to a
-  Storage (``tests.live_support.LiveStorage``) once, holding the source's
+  Storage (``tests.support.live.LiveStorage``) once, holding the source's
   bytes, and ``completed_at`` never changes afterwards;
 - a DELETE that wins leaves no data file and no ``.info`` behind once every
   request has finished, whatever was in flight.
@@ -28,8 +28,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.conftest import GunicornServer
-from tests.fault_support import (
+from tests.support.faults import (
     User,
     file_bytes,
     json_of,
@@ -48,7 +47,8 @@ from tests.fault_support import (
     tus_patch_request,
     upload_id_of,
 )
-from tests.live_support import HAS_PROC_NET, RawResponse, wait_drained
+from tests.support.live import HAS_PROC_NET, RawResponse, wait_drained
+from tests.support.servers import GunicornServer
 
 pytestmark = pytest.mark.live
 
@@ -62,7 +62,7 @@ def stored_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def server(gunicorn_factory: Callable[..., GunicornServer], stored_dir: Path) -> GunicornServer:
     return gunicorn_factory(
         {
-            "TUSBRIDGE_TEST_STORAGE": "tests.live_support.LiveStorage",
+            "TUSBRIDGE_TEST_STORAGE": "tests.support.live.LiveStorage",
             "TUSBRIDGE_LIVE_STORAGE_DIR": str(stored_dir),
             "TUSBRIDGE_TEST_LOCK_WAIT": "1",
             "TUSBRIDGE_TEST_READ_SIZE": "65536",

@@ -21,8 +21,7 @@ import pytest
 import redis
 import requests
 
-from tests.conftest import GunicornServer, RedisServer
-from tests.fault_support import (
+from tests.support.faults import (
     User,
     file_bytes,
     json_of,
@@ -42,7 +41,8 @@ from tests.fault_support import (
     tus_patch,
     upload_id_of,
 )
-from tests.live_support import OFFSET_CT, RawRequest, path_of, wait_drained
+from tests.support.live import OFFSET_CT, RawRequest, path_of, wait_drained
+from tests.support.servers import GunicornServer, RedisServer
 
 pytestmark = pytest.mark.live
 

@@ -30,8 +30,7 @@ from dataclasses import dataclass
 import pytest
 import requests
 
-from tests.conftest import GunicornServer, RedisServer
-from tests.fault_support import (
+from tests.support.faults import (
     PinnedWorker,
     User,
     file_bytes,
@@ -52,7 +51,8 @@ from tests.fault_support import (
     tus_patch_request,
     upload_id_of,
 )
-from tests.live_support import OFFSET_CT, RawRequest, path_of, wait_drained
+from tests.support.live import OFFSET_CT, RawRequest, path_of, wait_drained
+from tests.support.servers import GunicornServer, RedisServer
 
 pytestmark = pytest.mark.live
 

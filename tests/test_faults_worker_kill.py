@@ -49,8 +49,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import GunicornServer
-from tests.fault_support import (
+from tests.support.faults import (
     User,
     file_bytes,
     json_of,
@@ -70,7 +69,7 @@ from tests.fault_support import (
     tus_patch,
     tus_patch_request,
 )
-from tests.live_support import (
+from tests.support.live import (
     HAS_PROC_NET,
     RawRequest,
     RawResponse,
@@ -79,6 +78,7 @@ from tests.live_support import (
     upload_id_of,
     wait_drained,
 )
+from tests.support.servers import GunicornServer
 
 pytestmark = [
     pytest.mark.live,

@@ -27,9 +27,9 @@ from django.test import Client, RequestFactory
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from tests.fuzz_support import count, header_text
-from tests.legacy_helpers import FILES, payload, post_chunk
-from tests.tus_helpers import data_of, prefix, redis_client_fixture, snapshot, upload_dir  # noqa: F401
+from tests.support.fuzz import count, header_text
+from tests.support.legacy import FILES, payload, post_chunk
+from tests.support.tus import data_of, prefix, snapshot, upload_dir
 from tusbridge.chunked_upload.views import ChunkedUploadView
 
 pytestmark = pytest.mark.django_db

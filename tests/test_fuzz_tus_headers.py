@@ -33,8 +33,8 @@ from django.test import Client
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from tests.fuzz_support import count, header_chars, header_text, number_text
-from tests.tus_helpers import (
+from tests.support.fuzz import count, header_chars, header_text, number_text
+from tests.support.tus import (
     COLLECTION,
     OFFSET_CT,
     TUS_VERSION,
@@ -42,7 +42,6 @@ from tests.tus_helpers import (
     data_of,
     prefix,
     record_key,
-    redis_client_fixture,  # noqa: F401
     snapshot,
     tus,
     upload_dir,

@@ -19,7 +19,7 @@ import pytest
 import redis
 import requests
 
-from tests.conftest import GunicornServer, RedisServer, find_redis_server, free_port
+from tests.support.servers import GunicornServer, RedisServer, find_redis_server, free_port
 
 HAS_PROC = Path("/proc").is_dir()
 

@@ -20,21 +20,8 @@ import redis
 from django.core.management import call_command
 from django.test import Client
 
-from tests.legacy_helpers import (
-    complete,
-    data_of,
-    get_record,
-    md5,
-    payload,
-    post_chunk,
-    upload_chunks,
-    uploads_on_disk,
-)
-from tests.tus_helpers import (
-    prefix,
-    record_key,
-    redis_client_fixture,  # noqa: F401
-)
+from tests.support.legacy import complete, get_record, md5, payload, post_chunk, upload_chunks, uploads_on_disk
+from tests.support.tus import data_of, prefix, record_key
 from tusbridge.record import State
 
 pytestmark = [pytest.mark.django_db, pytest.mark.urls("tests.legacy_urls")]

@@ -22,12 +22,10 @@ from django.http import HttpResponse
 from django.test import Client
 
 from tests import legacy_urls
-from tests.legacy_helpers import (
+from tests.support.legacy import (
     assert_error,
     body_of,
     complete,
-    data_of,
-    data_path,
     get_record,
     md5,
     payload,
@@ -35,15 +33,8 @@ from tests.legacy_helpers import (
     upload_chunks,
     uploads_on_disk,
 )
-from tests.together import run_together
-from tests.tus_helpers import (
-    Completion,
-    completions_fixture,  # noqa: F401
-    move_expiry,
-    record_key,
-    redis_client_fixture,  # noqa: F401
-    redis_keys,
-)
+from tests.support.together import run_together
+from tests.support.tus import Completion, data_of, data_path, move_expiry, record_key, redis_keys
 from tusbridge import md5state
 from tusbridge.record import State
 

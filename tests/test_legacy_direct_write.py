@@ -18,7 +18,8 @@ import pytest
 from django.test import Client
 
 from tests import legacy_urls
-from tests.legacy_helpers import body_of, content_range, data_of, payload, post_chunk
+from tests.support.legacy import body_of, content_range, payload, post_chunk
+from tests.support.tus import data_of
 
 pytestmark = [pytest.mark.django_db, pytest.mark.urls("tests.legacy_urls")]
 

@@ -16,15 +16,14 @@ from typing import TYPE_CHECKING
 import pytest
 import requests
 
-from tests.conftest import THREAD_WORKER_CLASS
-from tests.legacy_helpers import payload
-from tests.live_support import data_of, is_locked, poll, record_of
-from tests.test_legacy_live import CHUNK, logged_in, send_chunk, send_complete
+from tests.support.legacy import payload
+from tests.support.live import LEGACY_CHUNK, data_of, is_locked, logged_in, poll, record_of, send_chunk, send_complete
+from tests.support.servers import THREAD_WORKER_CLASS
 from tusbridge import keeping
 from tusbridge.records.redis import _ACQUIRE_AND_GET
 
 if TYPE_CHECKING:
-    from tests.conftest import GunicornServer
+    from tests.support.servers import GunicornServer
 
 pytestmark = pytest.mark.live
 
@@ -82,7 +81,7 @@ def lock_requests(server: GunicornServer) -> Iterator[Callable[[str], int]]:
 def started(server: GunicornServer, username: str, chunks: int, seed: int) -> tuple[requests.Session, str, bytes, str]:
     """A new user's session that sent the first of ``chunks`` chunks: with its CSRF token, the data, the upload id."""
     session, token = logged_in(server, username)
-    data = payload(chunks * CHUNK, seed=seed)
+    data = payload(chunks * LEGACY_CHUNK, seed=seed)
     response = send_chunk(server, session, token, data, 0, None)
     assert response.status_code == 200, response.text
     return session, token, data, response.json()["upload_id"]
@@ -118,7 +117,7 @@ def test_back_to_back_chunks_on_one_connection_take_the_lock_once(gunicorn_serve
     """Twelve chunks on one kept-alive connection: one lock request, the right bytes, a verified md5."""
     server = gunicorn_server
     session, token = logged_in(server, "kept-lock")
-    data = payload(12 * CHUNK - 7, seed=11)
+    data = payload(12 * LEGACY_CHUNK - 7, seed=11)
     with lock_requests(server) as count:
         upload_id = upload_in_chunks(server, session, token, data)
         assert count(upload_id) == 1
@@ -152,14 +151,14 @@ def test_a_connection_whose_kept_lock_went_unused_pauses_keeping(gunicorn_server
     """
     server = gunicorn_server
     session, token, data, upload_id = started(server, "kept-late", chunks=8, seed=18)
-    offset = CHUNK
+    offset = LEGACY_CHUNK
     for _ in range(2):
         poll(lambda: not is_locked(server, upload_id) or None, "the linger to end", timeout=LINGER * 10)
         for kept_after in (False, True, True):  # a late chunk, then two at once (the second uses the kept lock)
             response = send_chunk(server, session, token, data, offset, upload_id)  # same connection
             assert response.status_code == 200, response.text
             assert is_locked(server, upload_id) is kept_after  # a kept lock is held for the next LINGER seconds
-            offset += CHUNK
+            offset += LEGACY_CHUNK
     upload_in_chunks(server, session, token, data, upload_id)
     assert data_of(server, upload_id) == data
 
@@ -179,7 +178,7 @@ def test_the_next_request_on_the_connection_is_not_kept_waiting(gunicorn_server:
     """Whatever follows a chunk on its connection finds the upload free: no 423, no wait for LOCK_WAIT."""
     server = gunicorn_server
     session, token = logged_in(server, f"kept-then-{then}")
-    data = payload(3 * CHUNK, seed=14)
+    data = payload(3 * LEGACY_CHUNK, seed=14)
     upload_id = upload_in_chunks(server, session, token, data)
     if then == "complete":
         response = send_complete(server, session, token, upload_id, hashlib.md5(data).hexdigest())
@@ -190,9 +189,9 @@ def test_the_next_request_on_the_connection_is_not_kept_waiting(gunicorn_server:
         assert response.status_code == 200
         assert response.headers["Upload-Offset"] == str(len(data))
     else:
-        other = upload_in_chunks(server, session, token, payload(2 * CHUNK, seed=15))
+        other = upload_in_chunks(server, session, token, payload(2 * LEGACY_CHUNK, seed=15))
         assert not is_locked(server, upload_id)
-        assert data_of(server, other) == payload(2 * CHUNK, seed=15)
+        assert data_of(server, other) == payload(2 * LEGACY_CHUNK, seed=15)
     assert data_of(server, upload_id) == data
 
 
@@ -219,7 +218,7 @@ def test_a_request_elsewhere_mid_stream_leaves_the_md5_whole(gunicorn_server: Gu
         other = another_connection(session)
         response = other.head(f"{server.files_url}{upload_id}", headers={"Tus-Resumable": "1.0.0"}, timeout=30)
         assert response.status_code == 200
-        assert int(response.headers["Upload-Offset"]) >= 5 * CHUNK
+        assert int(response.headers["Upload-Offset"]) >= 5 * LEGACY_CHUNK
     finally:
         sender.join(60)
     assert offsets[-1] == len(data)
@@ -241,7 +240,7 @@ def test_termination_gets_through_while_chunks_keep_coming(gunicorn_server: Guni
     deleted = threading.Event()
 
     def keep_sending() -> None:
-        start = CHUNK
+        start = LEGACY_CHUNK
         while start < len(data):
             response = send_chunk(server, session, token, data, start, upload_id)
             statuses.append(response.status_code)

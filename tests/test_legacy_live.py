@@ -14,60 +14,12 @@ from typing import TYPE_CHECKING
 
 import requests
 
-from tests.legacy_helpers import payload
-from tests.live_support import data_path, file_sha256, record_of
-from tests.together import run_together
+from tests.support.legacy import payload
+from tests.support.live import LEGACY_CHUNK, data_path, file_sha256, logged_in, record_of, send_chunk, send_complete
+from tests.support.together import run_together
 
 if TYPE_CHECKING:
-    from tests.conftest import GunicornServer
-
-CHUNK = 100_000
-
-
-def logged_in(server: GunicornServer, username: str) -> tuple[requests.Session, str]:
-    """A session logged in through /test-login/ and its CSRF token (the csrftoken cookie)."""
-    session = server.login(username)
-    token = session.cookies.get("csrftoken")
-    assert token, "login must set the csrftoken cookie"
-    return session, token
-
-
-def send_chunk(
-    server: GunicornServer,
-    session: requests.Session,
-    token: str,
-    data: bytes,
-    start: int,
-    upload_id: str | None,
-    filename: str = "movie.mp4",
-) -> requests.Response:
-    """One jQuery-File-Upload chunk request."""
-    piece = data[start : start + CHUNK]
-    fields = {"csrfmiddlewaretoken": token}
-    if upload_id:
-        fields["upload_id"] = upload_id
-    return session.post(
-        server.files_url,
-        data=fields,  # requests writes the fields before the file part
-        files={"file": (filename, piece, "application/octet-stream")},
-        headers={
-            "Content-Range": f"bytes {start}-{start + len(piece) - 1}/{len(data)}",
-            "Content-Disposition": f'attachment; filename="{filename}"',
-            "X-Requested-With": "XMLHttpRequest",
-        },
-        timeout=30,
-    )
-
-
-def send_complete(
-    server: GunicornServer, session: requests.Session, token: str, upload_id: str, md5: str
-) -> requests.Response:
-    return session.post(
-        f"{server.files_url}complete/",
-        data={"csrfmiddlewaretoken": token, "upload_id": upload_id, "md5": md5},
-        headers={"X-Requested-With": "XMLHttpRequest"},
-        timeout=30,
-    )
+    from tests.support.servers import GunicornServer
 
 
 def test_jquery_file_upload_pattern_over_gunicorn(gunicorn_server: GunicornServer) -> None:
@@ -85,7 +37,7 @@ def test_jquery_file_upload_pattern_over_gunicorn(gunicorn_server: GunicornServe
         upload_id = body["upload_id"]
         # jQuery-File-Upload continues after the Range the server reports.
         end = int(response.headers["Range"].removeprefix("bytes=0-"))
-        assert end + 1 == body["offset"] == min(start + CHUNK, len(data))
+        assert end + 1 == body["offset"] == min(start + LEGACY_CHUNK, len(data))
         start = end + 1
     assert upload_id is not None
     record = record_of(server, upload_id)
@@ -122,7 +74,7 @@ def test_concurrent_identical_chunks_on_two_workers(gunicorn_server: GunicornSer
     server = gunicorn_server
     session, token = logged_in(server, "racer")
     cookies = session.cookies.get_dict()
-    data = payload(8 * CHUNK, seed=7)
+    data = payload(8 * LEGACY_CHUNK, seed=7)
     first = send_chunk(server, session, token, data, 0, None)
     upload_id = first.json()["upload_id"]
 
@@ -131,17 +83,17 @@ def test_concurrent_identical_chunks_on_two_workers(gunicorn_server: GunicornSer
         own.cookies.update(cookies)
         return send_chunk(server, own, token, data, start, upload_id)
 
-    for start in range(CHUNK, len(data), CHUNK):
+    for start in range(LEGACY_CHUNK, len(data), LEGACY_CHUNK):
         responses = run_together([lambda start=start: sender(start)] * 3)
         statuses = sorted(r.status_code for r in responses)
         assert statuses.count(200) == 1, [(r.status_code, r.text) for r in responses]
         for response in responses:
             if response.status_code == 200:
-                assert response.json()["offset"] == start + CHUNK
+                assert response.json()["offset"] == start + LEGACY_CHUNK
             else:
                 assert response.status_code in (400, 409), response.text
                 if response.status_code == 400:
-                    assert response.json() == {"detail": "Offsets do not match", "offset": start + CHUNK}
+                    assert response.json() == {"detail": "Offsets do not match", "offset": start + LEGACY_CHUNK}
     assert file_sha256(data_path(server, upload_id)) == hashlib.sha256(data).hexdigest()
     assert record_of(server, upload_id)["offset"] == str(len(data))
     done = send_complete(server, session, token, upload_id, hashlib.md5(data).hexdigest())
@@ -153,7 +105,7 @@ def test_concurrent_different_chunks_on_two_workers(gunicorn_server: GunicornSer
     server = gunicorn_server
     session, token = logged_in(server, "parallel")
     cookies = session.cookies.get_dict()
-    data = payload(6 * CHUNK + 777, seed=8)
+    data = payload(6 * LEGACY_CHUNK + 777, seed=8)
     upload_id = send_chunk(server, session, token, data, 0, None).json()["upload_id"]
 
     def sender(start: int) -> requests.Response:
@@ -169,7 +121,7 @@ def test_concurrent_different_chunks_on_two_workers(gunicorn_server: GunicornSer
                 assert response.json()["offset"] <= start, "a range was stored twice or skipped"
             time.sleep(0.01)  # not an assertion on time: just let the others go first
 
-    run_together([lambda start=start: sender(start) for start in range(CHUNK, len(data), CHUNK)])
+    run_together([lambda start=start: sender(start) for start in range(LEGACY_CHUNK, len(data), LEGACY_CHUNK)])
     assert file_sha256(data_path(server, upload_id)) == hashlib.sha256(data).hexdigest()
     assert record_of(server, upload_id)["offset"] == str(len(data))
     done = send_complete(server, session, token, upload_id, hashlib.md5(data).hexdigest())

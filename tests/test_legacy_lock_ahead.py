@@ -20,17 +20,8 @@ import pytest
 import redis
 from django.test import Client
 
-from tests.legacy_helpers import (
-    API_CHUNK,
-    assert_error,
-    complete,
-    data_of,
-    md5,
-    payload,
-    post_chunk,
-    upload_chunks,
-)
-from tests.tus_helpers import lock_key, redis_client_fixture  # noqa: F401
+from tests.support.legacy import API_CHUNK, assert_error, complete, md5, payload, post_chunk, upload_chunks
+from tests.support.tus import data_of, lock_key
 from tusbridge import md5state
 from tusbridge.appending import AppendSession
 from tusbridge.data.filesystem import FileSystemDataStore

@@ -18,7 +18,7 @@ from django.http.multipartparser import MultiPartParser
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from tests.fuzz_support import count
+from tests.support.fuzz import count
 from tusbridge.chunked_upload.multipart import ChunkBodyParser
 
 BOUNDARY = "----tusbridgeTestBoundary7MA4YWxk"

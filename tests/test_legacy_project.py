@@ -20,21 +20,9 @@ from django.http import HttpRequest
 from django.test import Client
 from django.urls import path
 
-from tests.legacy_helpers import (
-    assert_error,
-    body_of,
-    complete,
-    data_of,
-    get_record,
-    md5,
-    payload,
-    post_chunk,
-)
 from tests.legacyapp.models import Document
-from tests.tus_helpers import (
-    redis_client_fixture,  # noqa: F401
-    redis_keys,
-)
+from tests.support.legacy import assert_error, body_of, complete, get_record, md5, payload, post_chunk
+from tests.support.tus import data_of, redis_keys
 from tusbridge.chunked_upload.constants import COMPLETE, http_status
 from tusbridge.chunked_upload.exceptions import ChunkedUploadError
 from tusbridge.chunked_upload.views import ChunkedUploadCompleteView, ChunkedUploadView

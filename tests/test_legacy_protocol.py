@@ -17,7 +17,7 @@ import redis
 from django.test import Client
 from django.test.client import encode_multipart
 
-from tests.legacy_helpers import (
+from tests.support.legacy import (
     API_CHUNK,
     API_COMPLETE,
     FILES,
@@ -27,7 +27,6 @@ from tests.legacy_helpers import (
     assert_error,
     body_of,
     complete,
-    data_of,
     get_record,
     md5,
     parse_expires,
@@ -36,12 +35,7 @@ from tests.legacy_helpers import (
     upload_chunks,
     uploads_on_disk,
 )
-from tests.tus_helpers import (
-    move_expiry,
-    other_client_fixture,  # noqa: F401
-    redis_client_fixture,  # noqa: F401
-    redis_keys,
-)
+from tests.support.tus import data_of, move_expiry, redis_keys
 from tusbridge.record import State
 
 pytestmark = [pytest.mark.django_db, pytest.mark.urls("tests.legacy_urls")]

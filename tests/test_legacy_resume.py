@@ -15,7 +15,7 @@ import redis
 from django.http import HttpResponse
 from django.test import Client
 
-from tests.legacy_helpers import (
+from tests.support.legacy import (
     API_CHUNK,
     API_COMPLETE,
     FILES,
@@ -23,13 +23,12 @@ from tests.legacy_helpers import (
     assert_error,
     body_of,
     complete,
-    data_of,
     get_record,
     md5,
     payload,
     post_chunk,
 )
-from tests.tus_helpers import redis_client_fixture  # noqa: F401
+from tests.support.tus import data_of
 from tusbridge.record import State
 
 pytestmark = [pytest.mark.django_db, pytest.mark.urls("tests.legacy_urls")]

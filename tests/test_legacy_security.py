@@ -9,7 +9,7 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django.test import Client, override_settings
 from django.test.client import encode_multipart
 
-from tests.legacy_helpers import (
+from tests.support.legacy import (
     API_CHUNK,
     API_COMPLETE,
     FILES,
@@ -17,19 +17,13 @@ from tests.legacy_helpers import (
     assert_error,
     body_of,
     complete,
-    data_of,
     get_record,
     md5,
     payload,
     post_chunk,
     uploads_on_disk,
 )
-from tests.tus_helpers import (
-    other_client_fixture,  # noqa: F401
-    redis_client_fixture,  # noqa: F401
-    redis_keys,
-    snapshot,
-)
+from tests.support.tus import data_of, redis_keys, snapshot
 from tusbridge.record import State
 
 pytestmark = [pytest.mark.django_db, pytest.mark.urls("tests.legacy_urls")]

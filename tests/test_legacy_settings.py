@@ -14,14 +14,13 @@ from django.core.serializers.json import DjangoJSONEncoder
 from django.test import Client
 
 from tests import legacy_urls
-from tests.legacy_helpers import (
+from tests.support.legacy import (
     API_COMPLETE,
     FILES,
     FILES_COMPLETE,
     assert_error,
     body_of,
     complete,
-    data_of,
     get_record,
     md5,
     parse_expires,
@@ -30,12 +29,8 @@ from tests.legacy_helpers import (
     upload_chunks,
     uploads_on_disk,
 )
-from tests.legacy_storage import LegacyTestStorage
-from tests.tus_helpers import (
-    redis_client_fixture,  # noqa: F401
-    redis_keys,
-    upload_dir,
-)
+from tests.support.legacy_storage import LegacyTestStorage
+from tests.support.tus import data_of, redis_keys, upload_dir
 from tusbridge.record import State
 
 pytestmark = [pytest.mark.django_db, pytest.mark.urls("tests.legacy_urls")]
@@ -207,7 +202,7 @@ def test_storage_class_receives_the_completed_upload(
     store.mkdir()
     settings.LEGACY_TEST_STORAGE_ROOT = str(store)
     settings.CHUNKED_UPLOAD_STORAGE_CLASS = (
-        "tests.legacy_storage.LegacyTestStorage" if form == "dotted-path" else LegacyTestStorage
+        "tests.support.legacy_storage.LegacyTestStorage" if form == "dotted-path" else LegacyTestStorage
     )
     data = payload(5000)
     upload_id = upload_chunks(client_logged_in, data, 2000, filename="big.iso")

@@ -6,24 +6,18 @@ import pytest
 import redis
 from django.test import Client
 
-from tests.legacy_helpers import (
+from tests.support.legacy import (
     FILES,
     FILES_COMPLETE,
     assert_error,
     body_of,
     complete,
-    data_of,
     get_record,
     md5,
     payload,
     post_chunk,
 )
-from tests.tus_helpers import (
-    b64,
-    redis_client_fixture,  # noqa: F401
-    tus,
-    upload_id_of,
-)
+from tests.support.tus import b64, data_of, tus, upload_id_of
 from tusbridge.record import State
 
 pytestmark = [pytest.mark.django_db, pytest.mark.urls("tests.legacy_urls")]

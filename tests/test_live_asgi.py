@@ -19,9 +19,9 @@ import pytest
 import requests
 from tusclient import client as tus_client
 
-from tests.conftest import GunicornServer, free_port
-from tests.legacy_helpers import payload
-from tests.live_support import (
+from tests.support.legacy import payload
+from tests.support.live import (
+    LEGACY_CHUNK,
     OFFSET_CT,
     TUS_VERSION,
     RawRequest,
@@ -30,14 +30,17 @@ from tests.live_support import (
     data_of,
     head_offset,
     is_locked,
+    logged_in,
     patch,
     patch_headers,
     path_of,
     poll,
     record_of,
+    send_chunk,
+    send_complete,
     upload_id_of,
 )
-from tests.test_legacy_live import CHUNK, logged_in, send_chunk, send_complete
+from tests.support.servers import GunicornServer, free_port
 
 IDLE_TIMEOUT = 2.0
 
@@ -175,9 +178,9 @@ def test_another_users_upload_is_not_found_on_every_verb(server: GunicornServer,
 
 def test_legacy_chunks_and_their_md5_completion(server: GunicornServer) -> None:
     session, token = logged_in(server, "asgi-legacy")
-    data = payload(3 * CHUNK + 500, seed=8)
+    data = payload(3 * LEGACY_CHUNK + 500, seed=8)
     upload_id = None
-    for start in range(0, len(data), CHUNK):
+    for start in range(0, len(data), LEGACY_CHUNK):
         response = send_chunk(server, session, token, data, start, upload_id)
         assert response.status_code == 200, response.text
         upload_id = response.json()["upload_id"]

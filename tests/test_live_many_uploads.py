@@ -19,8 +19,8 @@ from collections.abc import Callable
 import pytest
 import requests
 
-from tests.conftest import GunicornServer, RedisServer
-from tests.live_support import (
+from tests.support.live import (
+    LEGACY_CHUNK,
     RawRequest,
     auth,
     cookie_header,
@@ -28,13 +28,15 @@ from tests.live_support import (
     data_of,
     head_offset,
     is_locked,
+    logged_in,
     patch,
     patch_headers,
     path_of,
     poll,
+    send_chunk,
     upload_id_of,
 )
-from tests.test_legacy_live import CHUNK, logged_in, send_chunk
+from tests.support.servers import GunicornServer, RedisServer
 
 LOCK_TTL = 2.0
 HELD = 300  # far more than any thread pool of the threaded workers
@@ -235,20 +237,20 @@ def test_trickling_legacy_chunks_do_not_hold_the_redis_connections(
     )
     session, token = logged_in(server, "many-legacy")
     tail, count = 6_000, 12  # the second chunk of each upload trickles in (about 3 s)
-    data = [(body_of(10 + i) * 2)[: CHUNK + tail] for i in range(count)]
+    data = [(body_of(10 + i) * 2)[: LEGACY_CHUNK + tail] for i in range(count)]
     ids = []
     for whole in data:
-        response = send_chunk(server, session, token, whole, 0, None)  # the first CHUNK bytes
+        response = send_chunk(server, session, token, whole, 0, None)  # the first LEGACY_CHUNK bytes
         assert response.status_code == 200, response.text
         ids.append(response.json()["upload_id"])
     held = []
     for index, upload_id in enumerate(ids):
         boundary = f"b{index:04d}"
-        body = legacy_body(token, upload_id, data[index][CHUNK:], boundary)
+        body = legacy_body(token, upload_id, data[index][LEGACY_CHUNK:], boundary)
         headers = {
             "Cookie": cookie_header(session),
             "Content-Type": f"multipart/form-data; boundary={boundary}",
-            "Content-Range": f"bytes {CHUNK}-{CHUNK + tail - 1}/{CHUNK + tail}",
+            "Content-Range": f"bytes {LEGACY_CHUNK}-{LEGACY_CHUNK + tail - 1}/{LEGACY_CHUNK + tail}",
             "X-Requested-With": "XMLHttpRequest",
             "Content-Length": str(len(body)),
         }

@@ -5,7 +5,7 @@ id in the server's upload directory) and the Redis record, not only the HTTP
 answers. Requests go over fresh connections (gunicorn's sync workers close
 after each response); where it matters which worker served a request, the
 request is written by hand on a raw socket and the accepting worker is read
-from /proc (see ``tests.live_support``).
+from /proc (see ``tests.support.live``).
 """
 
 from __future__ import annotations
@@ -21,8 +21,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.conftest import GunicornServer
-from tests.live_support import (
+from tests.support.live import (
     HAS_PROC_NET,
     OFFSET_CT,
     TUS,
@@ -47,7 +46,8 @@ from tests.live_support import (
     upload_id_of,
     wait_server_done,
 )
-from tests.together import run_together
+from tests.support.servers import GunicornServer
+from tests.support.together import run_together
 
 pytestmark = pytest.mark.live
 
@@ -414,7 +414,7 @@ def storage_server(
     """A live server that hands each finished file to a FileSystemStorage in its own directory."""
     stored = tmp_path_factory.mktemp("stored")
     server = gunicorn_factory(
-        {"TUSBRIDGE_TEST_STORAGE": "tests.live_support.LiveStorage", "TUSBRIDGE_LIVE_STORAGE_DIR": str(stored)}
+        {"TUSBRIDGE_TEST_STORAGE": "tests.support.live.LiveStorage", "TUSBRIDGE_LIVE_STORAGE_DIR": str(stored)}
     )
     return server, stored
 

@@ -1,6 +1,6 @@
 """tusbridge.workers.ThreadWorker: gthread whose threads wait briefly for a connection's next request.
 
-The probe subclass (tests/worker_probe.py) logs every hand-over of a
+The probe subclass (tests/support/worker_probe.py) logs every hand-over of a
 connection to the thread pool and every wait for a new connection's first
 bytes, so these tests see which requests went through gunicorn's main
 thread. Long linger times make the outcomes certain
@@ -25,12 +25,12 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.conftest import GunicornServer, free_port
-from tests.live_support import cookie_header, create, lock_key, patch, path_of, poll, upload_id_of
+from tests.support.live import cookie_header, create, lock_key, patch, path_of, poll, upload_id_of
+from tests.support.servers import GunicornServer, free_port
 
 pytestmark = pytest.mark.live
 
-PROBE = "tests.worker_probe.CountingThreadWorker"
+PROBE = "tests.support.worker_probe.CountingThreadWorker"
 
 
 def _server(

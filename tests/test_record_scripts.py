@@ -23,14 +23,8 @@ import pytest
 import redis
 from redis.connection import UnixDomainSocketConnection
 
-from tests.together import run_together
-from tests.tus_helpers import (  # noqa: F401
-    lock_key,
-    make_record,
-    record_key,
-    record_store,
-    redis_client_fixture,
-)
+from tests.support.together import run_together
+from tests.support.tus import lock_key, make_record, record_key, record_store
 from tusbridge.record import State, UploadRecord, new_upload_id
 from tusbridge.records.base import AdvanceStatus
 from tusbridge.records.redis import RedisRecordStore

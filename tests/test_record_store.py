@@ -10,8 +10,8 @@ import redis
 from django.test import Client
 from redis.crc import key_slot
 
-from tests.together import run_threads
-from tests.tus_helpers import (
+from tests.support.together import run_threads
+from tests.support.tus import (
     Tus,
     expiry_key,
     lock_key,
@@ -19,7 +19,6 @@ from tests.tus_helpers import (
     prefix,
     record_key,
     record_store,
-    redis_client_fixture,  # noqa: F401
     redis_keys,
     tus,
     upload_id_of,

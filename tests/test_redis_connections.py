@@ -12,8 +12,8 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from tests.together import run_together
-from tests.tus_helpers import make_record, prefix
+from tests.support.together import run_together
+from tests.support.tus import make_record, prefix
 from tusbridge import locking
 from tusbridge.records.redis import RedisRecordStore, ReleaseRequests, client_for
 

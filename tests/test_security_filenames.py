@@ -24,8 +24,8 @@ import pytest
 from django.core.files.storage import FileSystemStorage
 from django.test import Client
 
-from tests.legacy_helpers import FILES, FILES_COMPLETE, complete, md5, payload
-from tests.tus_helpers import Tus, tus, upload_dir, upload_id_of
+from tests.support.legacy import FILES, FILES_COMPLETE, complete, md5, payload
+from tests.support.tus import Tus, tus, upload_dir, upload_id_of
 from tusbridge.record import UploadRecord
 from tusbridge.records.redis import RedisRecordStore
 
@@ -175,7 +175,7 @@ def test_legacy_storage_settings_get_a_sanitised_name(
     the legacy completion. One test for all the names, so that one defect is
     one failure; the message lists every name that reached the storage.
     """
-    from tests.legacy_helpers import post_chunk
+    from tests.support.legacy import post_chunk
 
     root = tmp_path / "legacy-storage"
     root.mkdir()
@@ -216,7 +216,7 @@ def test_legacy_completion_of_a_tus_upload_with_any_name(client_logged_in: Clien
     the name: the upload is marked complete before the hook runs, so a failure
     there can never be retried (a second completion is "already complete").
     """
-    from tests.legacy_helpers import post_chunk
+    from tests.support.legacy import post_chunk
 
     t = tus(client_logged_in)
     data = payload(64)

@@ -20,8 +20,8 @@ from typing import Any
 import pytest
 import requests
 
-from tests.conftest import GunicornServer
-from tests.live_support import OFFSET_CT, TUS_VERSION, cookie_header, upload_id_of
+from tests.support.live import OFFSET_CT, TUS_VERSION, cookie_header, upload_id_of
+from tests.support.servers import GunicornServer
 
 pytestmark = pytest.mark.live
 
@@ -34,7 +34,7 @@ HEADER_LINE = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+:[ \t]*[^\r\n]*")
 def server(gunicorn_factory: Any, tmp_path_factory: pytest.TempPathFactory) -> GunicornServer:
     stored = tmp_path_factory.mktemp("stored")
     return gunicorn_factory(
-        {"TUSBRIDGE_TEST_STORAGE": "tests.live_support.LiveStorage", "TUSBRIDGE_LIVE_STORAGE_DIR": str(stored)}
+        {"TUSBRIDGE_TEST_STORAGE": "tests.support.live.LiveStorage", "TUSBRIDGE_LIVE_STORAGE_DIR": str(stored)}
     )
 
 

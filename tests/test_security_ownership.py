@@ -34,8 +34,7 @@ from typing import Any
 import pytest
 import requests
 
-from tests.conftest import GunicornServer
-from tests.live_support import (
+from tests.support.live import (
     OFFSET_CT,
     TUS,
     auth,
@@ -47,6 +46,7 @@ from tests.live_support import (
     record_of,
     upload_id_of,
 )
+from tests.support.servers import GunicornServer
 
 pytestmark = pytest.mark.live
 

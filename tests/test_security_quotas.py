@@ -17,21 +17,10 @@ import redis
 from django.contrib.auth import get_user_model
 from django.test import Client
 
-from tests.legacy_helpers import FILES, FILES_COMPLETE, complete, md5, payload, post_chunk, uploads_on_disk
-from tests.tus_helpers import (
-    Tus,
-    other_client_fixture,  # noqa: F401
-    redis_client_fixture,  # noqa: F401
-    snapshot,
-    tus,
-)
+from tests.support.legacy import FILES, FILES_COMPLETE, complete, md5, payload, post_chunk, uploads_on_disk
+from tests.support.tus import Tus, snapshot, tus
 
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture
-def t(client_logged_in: Client) -> Tus:
-    return tus(client_logged_in)
 
 
 def refused_for_count(response: Any, limit: int) -> None:
@@ -140,7 +129,7 @@ def test_a_legacy_first_chunk_past_the_byte_budget_is_429_and_leaves_nothing(
 
 def _in_progress_bytes(redis_client: redis.Redis) -> int:
     """Bytes stored for the user's unfinished uploads (every data file in the upload dir)."""
-    from tests.tus_helpers import upload_dir
+    from tests.support.tus import upload_dir
 
     return sum(p.stat().st_size for p in upload_dir().iterdir() if "." not in p.name)
 

@@ -28,8 +28,7 @@ from typing import Any
 import pytest
 import requests
 
-from tests.conftest import GunicornServer
-from tests.live_support import (
+from tests.support.live import (
     OFFSET_CT,
     RawRequest,
     auth,
@@ -43,6 +42,7 @@ from tests.live_support import (
     record_of,
     upload_id_of,
 )
+from tests.support.servers import GunicornServer
 
 pytestmark = pytest.mark.live
 

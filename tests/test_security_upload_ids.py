@@ -12,25 +12,14 @@ import pytest
 import redis
 from django.test import Client
 
-from tests.fuzz_support import count
-from tests.legacy_helpers import FILES, payload, post_chunk
-from tests.tus_helpers import (
-    Tus,
-    redis_client_fixture,  # noqa: F401
-    snapshot,
-    tus,
-    upload_id_of,
-)
+from tests.support.fuzz import count
+from tests.support.legacy import FILES, payload, post_chunk
+from tests.support.tus import Tus, snapshot, upload_id_of
 
 pytestmark = pytest.mark.django_db
 
 ID = re.compile(r"[0-9a-f]{32}")
 N = 1000
-
-
-@pytest.fixture
-def t(client_logged_in: Client) -> Tus:
-    return tus(client_logged_in)
 
 
 def assert_random_128_bits(ids: list[str]) -> None:

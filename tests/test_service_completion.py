@@ -13,21 +13,9 @@ import pytest
 import redis
 from django.conf import settings as django_settings
 from django.core.files.storage import FileSystemStorage
-from django.test import Client
 
-from tests.together import run_threads
-from tests.tus_helpers import (
-    Completion,
-    Tus,
-    b64,
-    completions_fixture,  # noqa: F401
-    data_of,
-    leftovers,
-    record_store,
-    redis_client_fixture,  # noqa: F401
-    tus,
-    upload_id_of,
-)
+from tests.support.together import run_threads
+from tests.support.tus import Completion, Tus, b64, data_of, leftovers, record_store, upload_id_of
 from tusbridge import errors, keeping, locking
 from tusbridge.appending import MAX_DEFERRED_MD5
 from tusbridge.md5state import ResumableMD5
@@ -52,11 +40,6 @@ class BrokenStorage(FileSystemStorage):
 
     def _save(self, name: str, content: Any) -> str:
         raise OSError("the storage is down")
-
-
-@pytest.fixture
-def t(client_logged_in: Client) -> Tus:
-    return tus(client_logged_in)
 
 
 # The signal -------------------------------------------------------------------------

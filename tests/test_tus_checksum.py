@@ -20,8 +20,7 @@ import redis
 import requests
 from django.test import Client
 
-from tests.conftest import GunicornServer
-from tests.live_support import (
+from tests.support.live import (
     OFFSET_CT,
     RawRequest,
     auth,
@@ -35,20 +34,19 @@ from tests.live_support import (
     poll,
     record_of,
 )
-from tests.live_support import data_of as live_data_of
-from tests.live_support import patch as live_patch
-from tests.live_support import sha256 as sha256_hex
-from tests.live_support import upload_id_of as live_upload_id_of
-from tests.tus_helpers import (
+from tests.support.live import data_of as live_data_of
+from tests.support.live import patch as live_patch
+from tests.support.live import sha256 as sha256_hex
+from tests.support.live import upload_id_of as live_upload_id_of
+from tests.support.servers import GunicornServer
+from tests.support.tus import (
     COLLECTION,
     TUS_VERSION,
     Completion,
     Tus,
-    completions_fixture,  # noqa: F401
     data_of,
     file_size,
     record_key,
-    redis_client_fixture,  # noqa: F401
     snapshot,
     tus,
     upload_id_of,
@@ -74,12 +72,6 @@ def checksum_header(algorithm: str, data: bytes) -> str:
 def payload(size: int, seed: int) -> bytes:
     """Deterministic pseudo-random bytes."""
     return random.Random(seed).randbytes(size)
-
-
-@pytest.fixture
-def t(client_logged_in: Client) -> Tus:
-    """The logged-in user's tus client."""
-    return tus(client_logged_in)
 
 
 def assert_state(t: Tus, url: str, redis_client: redis.Redis, expected: bytes) -> None:

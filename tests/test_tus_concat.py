@@ -22,17 +22,14 @@ import pytest
 import redis
 from django.test import Client
 
-from tests.tus_helpers import (
+from tests.support.tus import (
     COLLECTION,
     Completion,
     Tus,
-    completions_fixture,  # noqa: F401
     data_of,
     data_path,
     move_expiry,
-    other_client_fixture,  # noqa: F401
     record_key,
-    redis_client_fixture,  # noqa: F401
     snapshot,
     tus,
     upload_dir,
@@ -47,12 +44,6 @@ UNKNOWN_ID = "0123456789abcdef0123456789abcdef"
 def payload(size: int, seed: int) -> bytes:
     """Deterministic pseudo-random bytes."""
     return random.Random(seed).randbytes(size)
-
-
-@pytest.fixture
-def t(client_logged_in: Client) -> Tus:
-    """The logged-in user's tus client."""
-    return tus(client_logged_in)
 
 
 def relative(url: str) -> str:

@@ -18,21 +18,19 @@ import redis
 from django.http import HttpResponse
 from django.test import Client
 
-from tests.conftest import free_port
-from tests.tus_helpers import (
+from tests.support.servers import free_port
+from tests.support.tus import (
     ALL_EXTENSIONS,
     COLLECTION,
     COVERED_EXTENSIONS,
     OFFSET_CT,
     TUS_VERSION,
     Tus,
-    completions_fixture,  # noqa: F401
     data_of,
     data_path,
     file_size,
     leftovers,
     record_store,
-    redis_client_fixture,  # noqa: F401
     sha256,
     snapshot,
     tus,
@@ -42,12 +40,6 @@ from tests.tus_helpers import (
 pytestmark = pytest.mark.django_db
 
 UNKNOWN_ID = "0123456789abcdef0123456789abcdef"
-
-
-@pytest.fixture
-def t(client_logged_in: Client) -> Tus:
-    """The logged-in user's tus client."""
-    return tus(client_logged_in)
 
 
 def extensions_of(response: HttpResponse) -> list[str]:

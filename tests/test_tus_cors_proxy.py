@@ -22,15 +22,7 @@ from django.core.checks import CheckMessage
 from django.http import HttpResponse
 from django.test import Client
 
-from tests.tus_helpers import (
-    COLLECTION,
-    TUS_VERSION,
-    Tus,
-    redis_client_fixture,  # noqa: F401
-    snapshot,
-    tus,
-    upload_id_of,
-)
+from tests.support.tus import COLLECTION, TUS_VERSION, Tus, snapshot, upload_id_of
 from tusbridge import checks
 
 pytestmark = pytest.mark.django_db
@@ -76,12 +68,6 @@ def cors(settings: Any) -> Any:
     """tusbridge's own CORS handling, for https://app.example only."""
     settings.TUSBRIDGE_CORS_ALLOWED_ORIGINS = [APP_ORIGIN]
     return settings
-
-
-@pytest.fixture
-def t(client_logged_in: Client) -> Tus:
-    """The logged-in user's tus client."""
-    return tus(client_logged_in)
 
 
 def preflight(client: Client, path: str, origin: str = APP_ORIGIN, method: str = "PATCH") -> HttpResponse:

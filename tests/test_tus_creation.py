@@ -15,31 +15,23 @@ import pytest
 import redis
 from django.test import Client
 
-from tests.tus_helpers import (
+from tests.support.tus import (
     COLLECTION,
     OFFSET_CT,
     TUS_VERSION,
     Completion,
     Tus,
     b64,
-    completions_fixture,  # noqa: F401
     data_of,
     data_path,
     imf_fixdate,
     move_expiry,
     record_store,
-    redis_client_fixture,  # noqa: F401
     snapshot,
-    tus,
     upload_id_of,
 )
 
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture
-def t(client_logged_in: Client) -> Tus:
-    return tus(client_logged_in)
 
 
 def assert_nothing_created(client: redis.Redis) -> None:

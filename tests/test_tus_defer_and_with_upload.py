@@ -20,23 +20,12 @@ import redis
 import requests
 from django.test import Client
 
-from tests.conftest import GunicornServer
-from tests.live_support import OFFSET_CT, auth, data_path, file_sha256, head_offset, record_of
-from tests.live_support import data_of as live_data_of
-from tests.live_support import sha256 as sha256_hex
-from tests.live_support import upload_id_of as live_upload_id_of
-from tests.tus_helpers import (
-    COLLECTION,
-    Tus,
-    data_of,
-    file_size,
-    imf_fixdate,
-    record_key,
-    redis_client_fixture,  # noqa: F401
-    snapshot,
-    tus,
-    upload_id_of,
-)
+from tests.support.live import OFFSET_CT, auth, data_path, file_sha256, head_offset, record_of
+from tests.support.live import data_of as live_data_of
+from tests.support.live import sha256 as sha256_hex
+from tests.support.live import upload_id_of as live_upload_id_of
+from tests.support.servers import GunicornServer
+from tests.support.tus import COLLECTION, Tus, data_of, file_size, imf_fixdate, record_key, snapshot, tus, upload_id_of
 
 pytestmark = pytest.mark.django_db
 
@@ -44,12 +33,6 @@ pytestmark = pytest.mark.django_db
 def payload(size: int, seed: int) -> bytes:
     """Deterministic pseudo-random bytes."""
     return random.Random(seed).randbytes(size)
-
-
-@pytest.fixture
-def t(client_logged_in: Client) -> Tus:
-    """The logged-in user's tus client."""
-    return tus(client_logged_in)
 
 
 def field(client: redis.Redis, upload_id: str, name: str) -> str | None:

@@ -33,8 +33,7 @@ from typing import Any
 import pytest
 import requests
 
-from tests.conftest import GunicornServer
-from tests.live_support import (
+from tests.support.live import (
     HAS_PROC_NET,
     TUS_VERSION,
     auth,
@@ -50,6 +49,7 @@ from tests.live_support import (
     upload_id_of,
     wait_server_done,
 )
+from tests.support.servers import GunicornServer
 
 pytestmark = pytest.mark.live
 

@@ -24,8 +24,7 @@ import redis
 import requests
 from django.test import Client
 
-from tests.conftest import GunicornServer
-from tests.live_support import (
+from tests.support.live import (
     HAS_PROC_NET,
     OFFSET_CT,
     TUS_VERSION,
@@ -50,12 +49,10 @@ from tests.live_support import (
     upload_id_of,
     wait_drained,
 )
-from tests.tus_helpers import data_of as local_data_of
-from tests.tus_helpers import lock_key as local_lock_key
-from tests.tus_helpers import (
-    redis_client_fixture,  # noqa: F401
-    tus,
-)
+from tests.support.servers import GunicornServer
+from tests.support.tus import data_of as local_data_of
+from tests.support.tus import lock_key as local_lock_key
+from tests.support.tus import tus
 
 #: A request that is still waiting after this long has hung (the stalled holder
 #: would only give up after the 60 s idle timeout).

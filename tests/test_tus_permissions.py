@@ -11,16 +11,7 @@ from django.conf import settings as django_settings
 from django.http import HttpRequest
 from django.test import Client
 
-from tests.tus_helpers import (
-    TUS_VERSION,
-    Tus,
-    data_of,
-    other_client_fixture,  # noqa: F401
-    redis_client_fixture,  # noqa: F401
-    snapshot,
-    tus,
-    upload_id_of,
-)
+from tests.support.tus import TUS_VERSION, Tus, data_of, snapshot, tus, upload_id_of
 from tusbridge.record import UploadRecord
 
 pytestmark = pytest.mark.django_db
@@ -45,11 +36,6 @@ def _fresh_calls() -> Iterator[None]:
     CALLS.clear()
     yield
     CALLS.clear()
-
-
-@pytest.fixture
-def t(client_logged_in: Client) -> Tus:
-    return tus(client_logged_in)
 
 
 @pytest.fixture

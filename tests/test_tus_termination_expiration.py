@@ -11,10 +11,9 @@ from typing import Any
 import pytest
 import redis
 from django.core.management import call_command
-from django.test import Client
 
-from tests.together import run_threads
-from tests.tus_helpers import (
+from tests.support.together import run_threads
+from tests.support.tus import (
     COLLECTION,
     TUS_VERSION,
     Tus,
@@ -25,19 +24,12 @@ from tests.tus_helpers import (
     move_expiry,
     record_key,
     record_store,
-    redis_client_fixture,  # noqa: F401
-    tus,
     upload_id_of,
 )
 
 pytestmark = pytest.mark.django_db
 
 UNKNOWN_ID = "fedcba9876543210fedcba9876543210"
-
-
-@pytest.fixture
-def t(client_logged_in: Client) -> Tus:
-    return tus(client_logged_in)
 
 
 def run_cleanup() -> int:

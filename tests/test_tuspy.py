@@ -28,8 +28,7 @@ from tusclient.exceptions import TusCommunicationError
 from tusclient.storage.filestorage import FileStorage
 from tusclient.uploader import Uploader
 
-from tests.conftest import ROOT, GunicornServer
-from tests.live_support import (
+from tests.support.live import (
     HAS_PROC_NET,
     cookie_header,
     data_of,
@@ -44,6 +43,7 @@ from tests.live_support import (
     upload_id_of,
     wait_server_done,
 )
+from tests.support.servers import ROOT, GunicornServer
 
 pytestmark = pytest.mark.live
 

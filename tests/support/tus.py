@@ -1,10 +1,9 @@
-"""Shared helpers for the in-process tus tests (Django test client, real Redis, real files).
+"""Helpers for the in-process tus tests (Django test client, real Redis, real files).
 
 ``tus(client)`` wraps a Django test client so that every request carries
-``Tus-Resumable: 1.0.0`` unless a test says otherwise. The fixtures here are
-registered under their public names with ``name=``; a test module imports the
-``*_fixture`` functions it wants (``# noqa: F401``) and then asks for the
-fixture by its plain name.
+``Tus-Resumable: 1.0.0`` unless a test says otherwise. The fixtures built on
+these (``t``, ``redis_client``, ``completions``, ``other_client``) are in
+``tests/conftest.py``.
 """
 
 from __future__ import annotations
@@ -14,13 +13,11 @@ import hashlib
 import os
 import re
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import pytest
 import redis
 from django.conf import settings as django_settings
 from django.http import HttpResponse
@@ -29,7 +26,6 @@ from django.utils.http import parse_http_date
 
 from tusbridge.record import UploadRecord, new_upload_id
 from tusbridge.records.redis import RedisRecordStore
-from tusbridge.signals import upload_completed
 
 TUS_VERSION = "1.0.0"
 OFFSET_CT = "application/offset+octet-stream"
@@ -262,42 +258,6 @@ class Completion:
     file_name: str
     was_closed: bool
     sender: Any
-
-
-@pytest.fixture(name="redis_client")
-def redis_client_fixture(redis_server: Any) -> Iterator[redis.Redis]:
-    """A redis-py client on the private test Redis."""
-    client = redis_server.client()
-    try:
-        yield client
-    finally:
-        client.close()
-
-
-@pytest.fixture(name="completions")
-def completions_fixture() -> Iterator[list[Completion]]:
-    """Every ``upload_completed`` signal sent during the test, with the file's content."""
-    seen: list[Completion] = []
-
-    def receiver(sender: Any, upload: Any, file: Any, **kwargs: Any) -> None:
-        was_closed = bool(file.closed)
-        content = file.read()
-        seen.append(Completion(upload, content, str(file.name), was_closed, sender))
-
-    upload_completed.connect(receiver, dispatch_uid="tusbridge-tests-completions")
-    try:
-        yield seen
-    finally:
-        upload_completed.disconnect(dispatch_uid="tusbridge-tests-completions")
-
-
-@pytest.fixture(name="other_client")
-def other_client_fixture(django_user_model: Any, db: None) -> Client:
-    """A second logged-in user ("mallory") who does not own the first user's uploads."""
-    other = django_user_model.objects.create_user(username="mallory", password="mallory-password")
-    client = Client()
-    client.force_login(other)
-    return client
 
 
 def file_size(upload_id: str) -> int | None:

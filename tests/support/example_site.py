@@ -1,6 +1,6 @@
 """The example project (``example/``) served by real gunicorn, and headless Chromium to drive it.
 
-Used by the browser tests (``tests/test_browser_*.py``):
+Used by the browser tests (``tests/test_browser_*.py``), which register its fixtures:
 
 ``example_server`` (session)
     An :class:`ExampleServer`: ``example_site.wsgi`` under gunicorn with 2 sync
@@ -38,15 +38,15 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import requests
 
-from tests.conftest import (
-    _LIVE_SERVERS,
+from tests.support.servers import (
+    LIVE_SERVERS,
     ROOT,
     RedisServer,
-    _copy_artifact,
-    _tail,
-    _terminate,
     children_of,
+    copy_artifact,
     run_gunicorn,
+    tail,
+    terminate,
 )
 
 if TYPE_CHECKING:
@@ -128,12 +128,12 @@ class ExampleServer:
             return 0
 
     def log(self, offset: int = 0) -> str:
-        return _tail(self.log_path, offset)
+        return tail(self.log_path, offset)
 
     def stop(self) -> None:
-        _terminate(self.process, 15)
-        _LIVE_SERVERS.discard(self)  # type: ignore[arg-type]
-        _copy_artifact(self.log_path, "gunicorn-example.log")
+        terminate(self.process, 15)
+        LIVE_SERVERS.discard(self)  # type: ignore[arg-type]
+        copy_artifact(self.log_path, "gunicorn-example.log")
 
 
 def _example_env(redis_server: RedisServer, base_dir: Path, key_prefix: str) -> dict[str, str]:
@@ -193,7 +193,7 @@ def start_example_server(redis_server: RedisServer, base_dir: Path, workers: int
         password=DEMO_PASSWORD,
         process=process,
     )
-    _LIVE_SERVERS.add(server)  # type: ignore[arg-type]  (failing tests show its log)
+    LIVE_SERVERS.add(server)  # type: ignore[arg-type]  (failing tests show its log)
     return server
 
 

@@ -18,7 +18,7 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django.http import HttpResponse
 from django.test import Client
 
-from tests.tus_helpers import data_of, data_path, prefix, record_key, redis_keys, upload_dir  # noqa: F401
+from tests.support.tus import record_key, upload_dir
 from tusbridge.record import UploadRecord
 
 # Where the legacy views are mounted in tests/legacy_urls.py.

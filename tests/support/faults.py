@@ -1,6 +1,6 @@
-"""Helpers shared by the fault-injection tests (tests/test_faults_*.py).
+"""Helpers shared by the fault-injection tests (tests/faults/).
 
-They speak both protocols over raw sockets (``tests.live_support.RawRequest``)
+They speak both protocols over raw sockets (``tests.support.live.RawRequest``)
 so a test can stop in the middle of a body, find the gunicorn worker that is
 reading it and kill that worker, and they read what the server stored (data
 file, Redis record) to check that no acknowledged byte was lost and no
@@ -25,8 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import requests
 
-from tests.conftest import ROOT
-from tests.live_support import (
+from tests.support.live import (
     OFFSET_CT,
     TUS_VERSION,
     RawRequest,
@@ -36,9 +35,10 @@ from tests.live_support import (
     poll,
     upload_id_of,
 )
+from tests.support.servers import ROOT
 
 if TYPE_CHECKING:
-    from tests.conftest import GunicornServer
+    from tests.support.servers import GunicornServer
 
 
 def payload(size: int, seed: int) -> bytes:

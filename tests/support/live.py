@@ -29,7 +29,7 @@ import requests
 from django.core.files.storage import FileSystemStorage
 
 if TYPE_CHECKING:
-    from tests.conftest import GunicornServer
+    from tests.support.servers import GunicornServer
 
 TUS_VERSION = "1.0.0"
 OFFSET_CT = "application/offset+octet-stream"
@@ -355,6 +355,59 @@ def request_on_other_worker(
         first.close()
     assert other != pid, "two connections held at once were accepted by the same sync worker"
     return second, other
+
+
+# --- the legacy protocol over requests (jQuery-File-Upload's pattern) ------------------
+
+
+#: The chunk size of the live legacy tests' jQuery-File-Upload pattern.
+LEGACY_CHUNK = 100_000
+
+
+def logged_in(server: GunicornServer, username: str) -> tuple[requests.Session, str]:
+    """A session logged in through /test-login/ and its CSRF token (the csrftoken cookie)."""
+    session = server.login(username)
+    token = session.cookies.get("csrftoken")
+    assert token, "login must set the csrftoken cookie"
+    return session, token
+
+
+def send_chunk(
+    server: GunicornServer,
+    session: requests.Session,
+    token: str,
+    data: bytes,
+    start: int,
+    upload_id: str | None,
+    filename: str = "movie.mp4",
+) -> requests.Response:
+    """One jQuery-File-Upload chunk request."""
+    piece = data[start : start + LEGACY_CHUNK]
+    fields = {"csrfmiddlewaretoken": token}
+    if upload_id:
+        fields["upload_id"] = upload_id
+    return session.post(
+        server.files_url,
+        data=fields,  # requests writes the fields before the file part
+        files={"file": (filename, piece, "application/octet-stream")},
+        headers={
+            "Content-Range": f"bytes {start}-{start + len(piece) - 1}/{len(data)}",
+            "Content-Disposition": f'attachment; filename="{filename}"',
+            "X-Requested-With": "XMLHttpRequest",
+        },
+        timeout=30,
+    )
+
+
+def send_complete(
+    server: GunicornServer, session: requests.Session, token: str, upload_id: str, md5: str
+) -> requests.Response:
+    return session.post(
+        f"{server.files_url}complete/",
+        data={"csrfmiddlewaretoken": token, "upload_id": upload_id, "md5": md5},
+        headers={"X-Requested-With": "XMLHttpRequest"},
+        timeout=30,
+    )
 
 
 class LiveStorage(FileSystemStorage):
