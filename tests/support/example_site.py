@@ -1,23 +1,7 @@
 """The example project (``example/``) served by real gunicorn, and headless Chromium to drive it.
 
-Used by the browser tests (``tests/test_browser_*.py``), which register its fixtures:
-
-``example_server`` (session)
-    An :class:`ExampleServer`: ``example_site.wsgi`` under gunicorn with 2 sync
-    workers on a free port, the suite's private Redis (own key prefix), its own
-    sqlite database, secret key and upload directory, and the ``demo`` user
-    with a known password (set up by ``example/bootstrap.py``, as ``make demo``
-    does). Before it starts, ``npm ci`` installs the example's JavaScript
-    packages into ``example/node_modules`` if they are missing or older than
-    ``example/package-lock.json``.
-``browser`` (session)
-    Debian's ``/usr/bin/chromium`` driven by Playwright. Tests that use it are
-    skipped, with the reason printed, only when that binary is missing; no
-    browser is ever downloaded.
-``demo_page`` (function)
-    A fresh browser context (empty localStorage) logged in as ``demo``. At the
-    end of the test a full-page screenshot of it is saved under
-    ``test-artifacts/screenshots/`` and its path printed.
+Used by the browser tests (``tests/browser/``); their fixtures (``example_server``,
+``browser``, ``demo_page``) are in ``tests/browser/conftest.py``.
 """
 
 from __future__ import annotations
@@ -30,7 +14,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -50,7 +34,7 @@ from tests.support.servers import (
 )
 
 if TYPE_CHECKING:
-    from playwright.sync_api import Browser, Page
+    from playwright.sync_api import Page
 
 EXAMPLE_DIR = ROOT / "example"
 CHROMIUM = Path("/usr/bin/chromium")
@@ -197,35 +181,7 @@ def start_example_server(redis_server: RedisServer, base_dir: Path, workers: int
     return server
 
 
-@pytest.fixture(scope="session")
-def example_server(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ExampleServer]:
-    """The example project under gunicorn (2 workers), with its npm packages installed."""
-    ensure_node_modules()
-    server = start_example_server(redis_server, tmp_path_factory.mktemp("example"))
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
 # --- the browser -----------------------------------------------------------------
-
-
-@pytest.fixture(scope="session")
-def browser() -> Iterator[Browser]:
-    """Headless Debian Chromium; the tests that need it skip only when it is not installed."""
-    if not CHROMIUM.exists():
-        reason = f"{CHROMIUM} is missing (apt-get install -y chromium); browser tests skipped"
-        print(f"\nSKIP: {reason}", file=sys.stderr)
-        pytest.skip(reason)
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            yield chromium
-        finally:
-            chromium.close()
 
 
 def screenshot_path(request: pytest.FixtureRequest, suffix: str = "") -> Path:
@@ -243,30 +199,6 @@ def save_screenshot(page: Page, request: pytest.FixtureRequest, suffix: str = ""
     page.screenshot(path=str(path), full_page=True, animations="disabled")  # no half-way progress bars
     print(f"\nscreenshot: {path}")
     return path
-
-
-@pytest.fixture
-def demo_page(browser: Browser, example_server: ExampleServer, request: pytest.FixtureRequest) -> Iterator[Page]:
-    """A new context logged in as ``demo``; a full-page screenshot is saved when the test ends."""
-    context = browser.new_context(base_url=example_server.url, viewport={"width": 1100, "height": 900})
-    context.set_default_timeout(30_000)
-    page = context.new_page()
-    errors: list[str] = []
-    page.on("pageerror", lambda error: errors.append(str(error)))
-    page.goto("/accounts/login/")
-    page.fill("#id_username", "demo")
-    page.fill("#id_password", example_server.password)
-    page.click("button[type=submit]")
-    page.wait_for_url(f"{example_server.url}/")
-    page.js_errors = errors  # type: ignore[attr-defined]
-    try:
-        yield page
-    finally:
-        try:
-            save_screenshot(page, request)
-        except Exception as exc:  # a crashed page must not hide the test's own failure
-            print(f"\nscreenshot failed: {exc}")
-        context.close()
 
 
 # --- helpers ----------------------------------------------------------------------

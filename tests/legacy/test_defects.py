@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,6 @@ import redis
 from django.http import HttpResponse
 from django.test import Client
 
-from tests import legacy_urls
 from tests.support.legacy import (
     assert_error,
     body_of,
@@ -42,14 +40,6 @@ pytestmark = [pytest.mark.django_db, pytest.mark.urls("tests.legacy_urls")]
 
 RECORDING_COMPLETE = "/variant/recording/"
 ALREADY_COMPLETE = {"detail": 'Upload has already been marked as "complete"'}
-
-
-@pytest.fixture
-def recorded() -> Iterator[list[tuple[str, bytes]]]:
-    """The on_completion calls of the recording completion view during this test."""
-    legacy_urls.COMPLETED.clear()
-    yield legacy_urls.COMPLETED
-    legacy_urls.COMPLETED.clear()
 
 
 # Completing twice -------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Slow and vanishing clients on a live gunicorn, beyond tests/test_live_tus.py and test_tus_lock_handover.py.
+"""Slow and vanishing clients on a live gunicorn, beyond tests/live/test_tus.py and live/test_tus_lock_handover.py.
 
 - A client that trickles a few bytes every 0.3 s for a few seconds, then
   sends the rest: the body is stored whole (tus PATCH and legacy chunk). The

@@ -31,7 +31,6 @@ import copy
 import re
 import secrets
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -54,11 +53,11 @@ from schemathesis.specs.openapi.checks import (  # where schemathesis 4 defines 
 
 from tests.support.fuzz import COUNTS, count
 from tests.support.live import OFFSET_CT, TUS, TUS_VERSION, data_path, record_of, upload_id_of
-from tests.support.servers import GunicornServer
+from tests.support.servers import ROOT, GunicornServer
 
 pytestmark = pytest.mark.live
 
-SPEC_PATH = Path(__file__).resolve().parent / "specs" / "tus-openapi3.yaml"
+SPEC_PATH = ROOT / "tests" / "specs" / "tus-openapi3.yaml"
 MAX_SIZE = 64 * 1024
 UPLOAD_URL = re.compile(r"/files/[0-9a-f]{32}")
 
@@ -115,7 +114,7 @@ def adapted_spec(base_url: str) -> dict[str, Any]:
     # Content-Length is framing, not data: the HTTP client computes it from the body. A generated
     # value that disagrees with the body would only desynchronise the connection (the server waits
     # for bytes that never come, or reads the rest as the next request). Lying Content-Lengths are
-    # tested on raw sockets in tests/test_security_size_limits.py.
+    # tested on raw sockets in tests/security/test_size_limits.py.
     for operation in (post, patch):
         operation["parameters"] = [p for p in operation["parameters"] if p["name"] != "Content-Length"]
 

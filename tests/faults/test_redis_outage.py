@@ -6,7 +6,7 @@ Two kinds of outage:
   nothing, so after ``start()`` it is empty: this test only checks the
   answers during the outage, that nothing on disk changed, and that the
   server works again for new uploads (what happens to the old ones is
-  tests/test_faults_redis_lost.py).
+  tests/faults/test_redis_lost.py).
 - Redis **hanging** (SIGSTOP: connections are accepted by the kernel but no
   command is answered, as with ``CLIENT PAUSE`` or a blocked server; unlike
   ``CLIENT PAUSE <ms>`` it ends exactly when the test says so). Every
@@ -24,7 +24,7 @@ from __future__ import annotations
 import os
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import pytest
@@ -72,18 +72,6 @@ SERVER_ENV = {
 @pytest.fixture(scope="module")
 def server(gunicorn_factory: Callable[..., GunicornServer]) -> GunicornServer:
     return gunicorn_factory(SERVER_ENV)
-
-
-@pytest.fixture
-def redis_back(redis_server: RedisServer) -> Iterator[RedisServer]:
-    """Whatever a test does to Redis, it runs (and answers) again afterwards."""
-    try:
-        yield redis_server
-    finally:
-        if redis_server.process is not None and redis_server.process.poll() is None:
-            os.kill(redis_server.process.pid, signal.SIGCONT)
-        if not redis_server.running:
-            redis_server.start()
 
 
 @dataclass

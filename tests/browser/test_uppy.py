@@ -27,8 +27,6 @@ from tests.support.example_site import (
 if TYPE_CHECKING:
     from playwright.sync_api import Page, Request, Route
 
-# The fixtures (example_server, browser, demo_page) are registered once for the session.
-pytest_plugins = ["tests.support.example_site"]
 pytestmark = pytest.mark.live
 
 FILE_INPUT = "input.uppy-Dashboard-input:not([webkitdirectory])"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -13,7 +12,6 @@ import redis
 from django.core.serializers.json import DjangoJSONEncoder
 from django.test import Client
 
-from tests import legacy_urls
 from tests.support.legacy import (
     API_COMPLETE,
     FILES,
@@ -36,13 +34,6 @@ from tusbridge.record import State
 pytestmark = [pytest.mark.django_db, pytest.mark.urls("tests.legacy_urls")]
 
 RECORDING_COMPLETE = "/variant/recording/"
-
-
-@pytest.fixture
-def recorded() -> Iterator[list[tuple[str, bytes]]]:
-    legacy_urls.COMPLETED.clear()
-    yield legacy_urls.COMPLETED
-    legacy_urls.COMPLETED.clear()
 
 
 @pytest.fixture

@@ -1,6 +1,6 @@
 """Upload ids are unguessable: 128 random bits as 32 lowercase hex digits, never chosen by the client.
 
-Who may use an id once it is known is in tests/test_security_ownership.py.
+Who may use an id once it is known is in tests/security/test_ownership.py.
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ import pytest
 import requests
 
 from tests.support.live import cookie_header, create, lock_key, patch, path_of, poll, upload_id_of
-from tests.support.servers import GunicornServer, free_port
+from tests.support.servers import ROOT, GunicornServer, free_port
 
 pytestmark = pytest.mark.live
 
@@ -245,7 +245,7 @@ def test_an_application_without_django_is_served(tmp_path: Path) -> None:
     """The worker class reads tusbridge's settings where Django has them, and serves any other WSGI application."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k != "DJANGO_SETTINGS_MODULE"}
-    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parent.parent), env.get("PYTHONPATH", "")])
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
     log = tmp_path / "gunicorn.log"
     with log.open("wb") as out:
         process = subprocess.Popen(

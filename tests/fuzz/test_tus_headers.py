@@ -1,6 +1,6 @@
 """Property tests of the tus request headers *through the views* (Django test client, real Redis and files).
 
-tests/test_header_parsers_hypothesis.py checks the parsers on their own; here
+tests/fuzz/test_header_parsers.py checks the parsers on their own; here
 arbitrary header text goes through the whole request, so what is checked is
 what a client sees and what the server keeps:
 

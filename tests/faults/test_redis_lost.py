@@ -13,9 +13,7 @@ that was already complete.
 
 from __future__ import annotations
 
-import os
-import signal
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 import redis
@@ -52,17 +50,6 @@ LEGACY_CHUNK = 150_000
 @pytest.fixture(scope="module")
 def server(gunicorn_factory: Callable[..., GunicornServer]) -> GunicornServer:
     return gunicorn_factory({"TUSBRIDGE_TEST_LOCK_TTL": "3", "TUSBRIDGE_TEST_LOCK_WAIT": "2"})
-
-
-@pytest.fixture
-def redis_back(redis_server: RedisServer) -> Iterator[RedisServer]:
-    try:
-        yield redis_server
-    finally:
-        if redis_server.process is not None and redis_server.process.poll() is None:
-            os.kill(redis_server.process.pid, signal.SIGCONT)
-        if not redis_server.running:
-            redis_server.start()
 
 
 def rebuild(server: GunicornServer, *args: str) -> list[str]:

@@ -1,4 +1,4 @@
-"""A legacy chunk whose body the server stops reading part way (see tests/test_faults_clients.py for the live cases).
+"""A legacy chunk whose body the server stops reading part way (see tests/faults/test_clients.py for the live cases).
 
 Between reads of the body the upload handler may stop the chunk: another
 request took the upload over, or the client went silent. The view then

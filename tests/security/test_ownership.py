@@ -2,19 +2,19 @@
 
 Where each verb is covered:
 
-- tus HEAD, PATCH, DELETE: in-process in test_tus_permissions.py
+- tus HEAD, PATCH, DELETE: in-process in tus/test_permissions.py
   (test_another_user_cannot_see/write/delete_the_upload); live here, also
   through X-HTTP-Method-Override (POST as PATCH or DELETE, GET as HEAD) and
   with a trailing slash on the URL.
-- legacy chunk: in-process in test_legacy_security.py
+- legacy chunk: in-process in security/test_legacy_access.py
   (test_other_users_upload_is_404_and_untouched, fields before the file);
   live here with the fields first (direct write) and the file first (Django's
   upload handlers), at the right offset and at 0.
-- legacy completion: test_legacy_security.py (same test); live here.
-- a partial in a tus concatenation: test_tus_concat.py
+- legacy completion: security/test_legacy_access.py (same test); live here.
+- a partial in a tus concatenation: tus/test_concat.py
   (test_final_with_an_unusable_partial_creates_nothing[owned-by-another-user]);
   live here, alone, before and after one's own partial, and as a relative URL.
-- anonymous requests: test_tus_permissions.py, test_legacy_security.py; live
+- anonymous requests: tus/test_permissions.py, security/test_legacy_access.py; live
   here with anonymous uploads allowed (so nothing is refused for being
   anonymous before ownership is checked).
 

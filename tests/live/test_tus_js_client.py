@@ -49,11 +49,11 @@ from tests.support.live import (
     upload_id_of,
     wait_server_done,
 )
-from tests.support.servers import GunicornServer
+from tests.support.servers import ROOT, GunicornServer
 
 pytestmark = pytest.mark.live
 
-INTEROP = Path(__file__).resolve().parent / "interop"
+INTEROP = ROOT / "tests" / "interop"
 SCRIPT = INTEROP / "upload.js"
 KIB = 1024
 MIB = 1024 * KIB

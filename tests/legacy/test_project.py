@@ -199,7 +199,7 @@ urlpatterns = [
 
 # --- tests -------------------------------------------------------------------------------
 
-pytestmark = [pytest.mark.urls("tests.test_legacy_project")]
+pytestmark = [pytest.mark.urls("tests.legacy.test_project")]
 
 CHUNK = "/api/chunked_upload/"
 COMPLETE_URL = "/api/chunked_upload_complete/"

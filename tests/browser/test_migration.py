@@ -17,8 +17,6 @@ from tests.support.example_site import ExampleServer, make_file, sha256, wait_fo
 if TYPE_CHECKING:
     from playwright.sync_api import Page, Request
 
-# The fixtures (example_server, browser, demo_page) are registered once for the session.
-pytest_plugins = ["tests.support.example_site"]
 pytestmark = pytest.mark.live
 
 
