@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from tests.support.example_site import ExampleServer, make_file, sha256, wait_for_finished_row
+from tests.support.data import sha256
+from tests.support.example_site import ExampleServer, make_file, wait_for_finished_row
 
 if TYPE_CHECKING:
     from playwright.sync_api import Page, Request, Response, Route

@@ -13,12 +13,12 @@ from typing import TYPE_CHECKING
 import pytest
 from playwright.sync_api import expect
 
+from tests.support.data import sha256
 from tests.support.example_site import (
     ExampleServer,
     finished_rows,
     make_file,
     save_screenshot,
-    sha256,
     tus_offset,
     wait_for_finished_row,
     wait_until,

@@ -16,8 +16,9 @@ from collections.abc import Callable
 
 import pytest
 
+from tests.support.data import upload_id_of
 from tests.support.faults import login, settled_offset, tus_create, tus_patch, tus_patch_request
-from tests.support.live import HAS_PROC_NET, data_of, is_locked, poll, upload_id_of, wait_drained
+from tests.support.live import HAS_PROC_NET, data_of, is_locked, poll, wait_drained
 from tests.support.servers import GunicornServer
 from tusbridge.holders import holder_is_gone, new_token
 

@@ -10,19 +10,9 @@ import redis
 from django.test import Client
 from redis.crc import key_slot
 
+from tests.support.data import upload_id_of
 from tests.support.together import run_threads
-from tests.support.tus import (
-    Tus,
-    expiry_key,
-    lock_key,
-    make_record,
-    prefix,
-    record_key,
-    record_store,
-    redis_keys,
-    tus,
-    upload_id_of,
-)
+from tests.support.tus import Tus, expiry_key, lock_key, make_record, prefix, record_key, record_store, redis_keys, tus
 from tusbridge import locking
 from tusbridge.record import State, new_upload_id
 from tusbridge.records.base import AdvanceStatus

@@ -14,8 +14,9 @@ import redis
 from django.conf import settings as django_settings
 from django.core.files.storage import FileSystemStorage
 
+from tests.support.data import b64, upload_id_of
 from tests.support.together import run_threads
-from tests.support.tus import Completion, Tus, b64, data_of, leftovers, record_store, upload_id_of
+from tests.support.tus import Completion, Tus, data_of, leftovers, record_store
 from tusbridge import errors, keeping, locking
 from tusbridge.appending import MAX_DEFERRED_MD5
 from tusbridge.md5state import ResumableMD5

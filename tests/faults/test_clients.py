@@ -25,6 +25,7 @@ from collections.abc import Callable
 
 import pytest
 
+from tests.support.data import md5, payload, sha256, upload_id_of
 from tests.support.faults import (
     User,
     file_bytes,
@@ -33,17 +34,12 @@ from tests.support.faults import (
     legacy_chunk_request,
     legacy_complete,
     login,
-    md5,
-    payload,
-    record,
     settled_offset,
-    sha256,
     try_response,
     tus_create,
     tus_patch_request,
-    upload_id_of,
 )
-from tests.support.live import HAS_PROC_NET, RawRequest, is_locked, poll, wait_drained, wait_server_done
+from tests.support.live import HAS_PROC_NET, RawRequest, is_locked, poll, record_of, wait_drained, wait_server_done
 from tests.support.servers import GunicornServer
 
 pytestmark = pytest.mark.live
@@ -72,7 +68,7 @@ def trickle(request: RawRequest, body: bytes, *, pieces: int = 10, size: int = 7
 
 
 def test_tus_patch_trickled_for_seconds_is_stored_whole(server: GunicornServer, user: User) -> None:
-    data = payload(400_000, 1)
+    data = payload(400_000, 1, kind="random")
     url = tus_create(server, user, len(data))
     request = tus_patch_request(server, user, url, 0, len(data))
     sent = trickle(request, data)
@@ -81,11 +77,11 @@ def test_tus_patch_trickled_for_seconds_is_stored_whole(server: GunicornServer, 
     assert reply.status == 204, (reply.status, reply.body)
     assert reply.headers["Upload-Offset"] == str(len(data))
     assert file_bytes(server.upload_dir / upload_id_of(url)) == data
-    assert record(server, upload_id_of(url))["state"] == "complete"
+    assert record_of(server, upload_id_of(url))["state"] == "complete"
 
 
 def test_legacy_chunk_trickled_for_seconds_is_stored_whole(server: GunicornServer, user: User) -> None:
-    data = payload(300_000, 2)
+    data = payload(300_000, 2, kind="random")
     first = legacy_chunk(server, user, None, 0, data[:100_000], len(data))
     assert first.status == 200, first.body
     upload_id = json_of(first)["upload_id"]
@@ -115,7 +111,7 @@ def test_legacy_chunk_cut_off_mid_body_counts_nothing_and_resumes(
     server: GunicornServer, user: User, stall: bool
 ) -> None:
     chunk = 200_000
-    data = payload(3 * chunk, 3 + stall)
+    data = payload(3 * chunk, 3 + stall, kind="random")
     first = legacy_chunk(server, user, None, 0, data[:chunk], len(data))
     assert first.status == 200, first.body
     upload_id = json_of(first)["upload_id"]
@@ -125,7 +121,7 @@ def test_legacy_chunk_cut_off_mid_body_counts_nothing_and_resumes(
     cut_off(server, request, body, len(body) // 2, stall)
 
     assert settled_offset(url, user) == chunk
-    assert record(server, upload_id)["offset"] == str(chunk)
+    assert record_of(server, upload_id)["offset"] == str(chunk)
     assert file_bytes(server.upload_dir / upload_id) == data[:chunk], "the cut-off chunk left bytes behind"
     # The client's retry of the same chunk is stored, and the upload completes with the right md5.
     for start in (chunk, 2 * chunk):
@@ -139,7 +135,7 @@ def test_legacy_chunk_cut_off_mid_body_counts_nothing_and_resumes(
 
 def test_legacy_first_chunk_cut_off_leaves_nothing(server: GunicornServer, user: User) -> None:
     names, keys = set(p.name for p in server.upload_dir.iterdir()), set(server.keys())
-    data = payload(300_000, 5)
+    data = payload(300_000, 5, kind="random")
     request, body = legacy_chunk_request(server, user, None, 0, data[:200_000], len(data))
     cut_off(server, request, body, len(body) // 2, stall=False)
     poll(lambda: not any(k.startswith(f"{server.key_prefix}:lock:".encode()) for k in server.keys()), "no lock")
@@ -151,7 +147,7 @@ def test_legacy_first_chunk_cut_off_leaves_nothing(server: GunicornServer, user:
 def test_legacy_chunk_resent_while_the_old_connection_holds_the_upload(server: GunicornServer, user: User) -> None:
     """The old request lets go at its next silence: the re-sent chunk is stored, the old one answers 409."""
     chunk = 200_000
-    data = payload(2 * chunk, 6)
+    data = payload(2 * chunk, 6, kind="random")
     first = legacy_chunk(server, user, None, 0, data[:chunk], len(data))
     assert first.status == 200, first.body
     upload_id = json_of(first)["upload_id"]
@@ -200,7 +196,7 @@ def test_legacy_chunk_from_a_silent_client_is_dropped_after_the_idle_timeout(
     server = impatient_server
     user = login(server, f"silent-{first_chunk}")
     chunk = 200_000
-    data = payload(2 * chunk, 7 + first_chunk)
+    data = payload(2 * chunk, 7 + first_chunk, kind="random")
     names, keys = set(p.name for p in server.upload_dir.iterdir()), set(server.keys())
     upload_id = None
     start = 0
@@ -222,7 +218,7 @@ def test_legacy_chunk_from_a_silent_client_is_dropped_after_the_idle_timeout(
         return
     assert upload_id is not None
     assert not any(key.startswith(f"{server.key_prefix}:lock:".encode()) for key in server.keys())
-    assert record(server, upload_id)["offset"] == str(chunk)
+    assert record_of(server, upload_id)["offset"] == str(chunk)
     assert file_bytes(server.upload_dir / upload_id) == data[:chunk]
     reply = legacy_chunk(server, user, upload_id, chunk, data[chunk:], len(data))
     assert reply.status == 200, reply.body

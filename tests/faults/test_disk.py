@@ -37,6 +37,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from tests.support.data import md5, payload, sha256, upload_id_of
 from tests.support.faults import (
     User,
     file_bytes,
@@ -45,19 +46,14 @@ from tests.support.faults import (
     legacy_chunk_request,
     legacy_complete,
     login,
-    md5,
-    payload,
-    record,
     send_and_answer,
     settled_offset,
-    sha256,
     tus_create,
     tus_head,
     tus_patch,
     tus_patch_request,
-    upload_id_of,
 )
-from tests.support.live import wait_drained
+from tests.support.live import record_of, wait_drained
 from tests.support.servers import GunicornServer
 
 pytestmark = pytest.mark.live
@@ -196,7 +192,7 @@ def assert_consistent(disk: SmallDisk, url: str, user: User, data: bytes) -> int
 
 
 def test_tus_patch_out_of_space_answers_507_and_resumes(server: GunicornServer, disk: SmallDisk, user: User) -> None:
-    data = payload(900_000, 1)
+    data = payload(900_000, 1, kind="random")
     url = tus_create(server, user, len(data))
     assert tus_patch(server, user, url, 0, data[:200_000]).status == 204
     disk.fill(leave=300_000)
@@ -211,7 +207,7 @@ def test_tus_patch_out_of_space_answers_507_and_resumes(server: GunicornServer, 
     disk.release()
     reply = tus_patch(server, user, url, offset, data[offset:])
     assert reply.status == 204 and reply.headers["Upload-Offset"] == str(len(data))
-    assert record(server, upload_id_of(url))["state"] == "complete"
+    assert record_of(server, upload_id_of(url))["state"] == "complete"
     assert sha256(file_bytes(disk.path / upload_id_of(url)) or b"") == sha256(data)
 
 
@@ -219,7 +215,7 @@ def test_legacy_chunk_out_of_space_answers_507_counts_nothing_and_resumes(
     server: GunicornServer, disk: SmallDisk, user: User
 ) -> None:
     chunk = 150_000
-    data = payload(3 * chunk, 2)
+    data = payload(3 * chunk, 2, kind="random")
     first = legacy_chunk(server, user, None, 0, data[:chunk], len(data))
     assert first.status == 200, first.body
     upload_id = json_of(first)["upload_id"]
@@ -229,13 +225,13 @@ def test_legacy_chunk_out_of_space_answers_507_counts_nothing_and_resumes(
     reply = send_and_answer(request, body)
     assert reply is not None and reply.status == 507, reply
     assert json_of(reply) == {"detail": "No space left to store the upload"}
-    assert record(server, upload_id)["offset"] == str(chunk)
+    assert record_of(server, upload_id)["offset"] == str(chunk)
     assert file_bytes(disk.path / upload_id) == data[:chunk], "a refused chunk left bytes in the data file"
     assert settled_offset(f"{server.files_url}{upload_id}", user) == chunk
 
     # A new upload's first chunk on the full disk leaves nothing behind.
     names = disk.names()
-    request, body = legacy_chunk_request(server, user, None, 0, payload(120_000, 3), 120_000)
+    request, body = legacy_chunk_request(server, user, None, 0, payload(120_000, 3, kind="random"), 120_000)
     reply = send_and_answer(request, body)
     assert reply is not None and reply.status == 507, reply
     assert disk.names() == names
@@ -263,14 +259,14 @@ def test_tus_creation_on_a_full_disk_answers_507_and_leaves_nothing(
 
     disk.release()
     url = tus_create(server, user, 1000)
-    assert tus_patch(server, user, url, 0, payload(1000, 4)).status == 204
+    assert tus_patch(server, user, url, 0, payload(1000, 4, kind="random")).status == 204
 
 
 def test_deferred_length_patch_out_of_space_keeps_offset_and_file_in_step(
     server: GunicornServer, disk: SmallDisk, user: User
 ) -> None:
     """The PATCH that declares the length runs out of space: offset == file size, then it resumes."""
-    data = payload(700_000, 5)
+    data = payload(700_000, 5, kind="random")
     url = tus_create(server, user, None)
     assert tus_patch(server, user, url, 0, data[:100_000]).status == 204
     disk.fill(leave=200_000)
@@ -342,7 +338,7 @@ def test_io_error_mid_body_answers_500_with_a_message_and_resumes_after_repair(
     server, disk = eio_server, ext4_disk
     user = login(server, f"eio-{protocol}")
     chunk = 400_000
-    data = payload(3 * chunk, 6)
+    data = payload(3 * chunk, 6, kind="random")
     if protocol == "tus":
         url = tus_create(server, user, len(data))
         assert tus_patch(server, user, url, 0, data[:chunk]).status == 204

@@ -28,6 +28,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from tests.support.data import md5, payload, sha256, upload_id_of
 from tests.support.faults import (
     User,
     file_bytes,
@@ -35,19 +36,14 @@ from tests.support.faults import (
     legacy_chunk,
     legacy_complete,
     login,
-    md5,
-    payload,
-    record,
     send_and_answer,
-    sha256,
     try_response,
     tus_create,
     tus_head,
     tus_patch,
     tus_patch_request,
-    upload_id_of,
 )
-from tests.support.live import HAS_PROC_NET, RawResponse, wait_drained
+from tests.support.live import HAS_PROC_NET, RawResponse, record_of, wait_drained
 from tests.support.servers import GunicornServer
 
 pytestmark = pytest.mark.live
@@ -96,7 +92,7 @@ class Race:
 
     def check_prefix(self) -> None:
         """What the record counts is in the file, in order (read the record first: the file only grows past it)."""
-        rec = record(self.server, self.upload_id)
+        rec = record_of(self.server, self.upload_id)
         if not rec or rec.get("state") != "uploading":
             return
         offset = int(rec["offset"])
@@ -139,7 +135,7 @@ class Race:
                 response = requests.delete(self.url, headers=self.user.tus(), timeout=30)
                 self.note("DELETE", response.status_code)
             self.check_prefix()
-            if record(self.server, self.upload_id).get("state") in ("complete", "terminated", None):
+            if record_of(self.server, self.upload_id).get("state") in ("complete", "terminated", None):
                 return
 
 
@@ -160,7 +156,7 @@ def test_mixed_clients_on_one_upload_complete_it_once_with_exact_bytes(
     server: GunicornServer, stored_dir: Path, round_: int
 ) -> None:
     user = login(server, f"racer-{round_}")
-    data = payload(1_500_000, 100 + round_)
+    data = payload(1_500_000, 100 + round_, kind="random")
     if round_ % 2:
         first = legacy_chunk(server, user, None, 0, data[:50_000], len(data))  # begun legacy
         assert first.status == 200, first.body
@@ -172,11 +168,11 @@ def test_mixed_clients_on_one_upload_complete_it_once_with_exact_bytes(
     assert_no_server_errors(race)
 
     # Whatever the race left to do, a client finishes: legacy completion if all bytes are in.
-    rec = record(server, upload_id)
+    rec = record_of(server, upload_id)
     if rec["state"] == "uploading":
         assert rec["offset"] == str(len(data)), rec
         assert legacy_complete(server, user, upload_id, md5(data)).status_code == 200
-    rec = record(server, upload_id)
+    rec = record_of(server, upload_id)
     assert rec["state"] == "complete" and rec["offset"] == str(len(data))
     files = handed_over(stored_dir, upload_id)
     assert len(files) == 1, f"completion ran {len(files)} times: {files}"
@@ -187,7 +183,7 @@ def test_mixed_clients_on_one_upload_complete_it_once_with_exact_bytes(
     completed_at = rec["completed_at"]
     assert legacy_complete(server, user, upload_id, md5(data)).status_code == 400
     assert tus_patch(server, user, f"{server.files_url}{upload_id}", len(data), b"").status == 204
-    assert record(server, upload_id)["completed_at"] == completed_at
+    assert record_of(server, upload_id)["completed_at"] == completed_at
     assert len(handed_over(stored_dir, upload_id)) == 1
     print(f"\nround {round_}: {len(race.statuses)} requests, {race.prefix_checks} prefix checks")
 
@@ -197,12 +193,12 @@ def test_delete_among_racing_clients_leaves_nothing_behind(
     server: GunicornServer, stored_dir: Path, round_: int
 ) -> None:
     user = login(server, f"deleter-{round_}")
-    data = payload(3_000_000, 200 + round_)
+    data = payload(3_000_000, 200 + round_, kind="random")
     upload_id = upload_id_of(tus_create(server, user, len(data)))
     race = Race(server, user, upload_id, data, deadline=time.monotonic() + 120)
     run_race(race, clients=6, allow_delete=True, seed=1000 + round_)
     assert_no_server_errors(race)
-    rec = record(server, upload_id)
+    rec = record_of(server, upload_id)
     if rec.get("state") == "terminated" or not rec:
         assert not (server.upload_dir / upload_id).exists()
         assert not (server.upload_dir / f"{upload_id}.info").exists()
@@ -235,7 +231,7 @@ def test_delete_during_a_patch_leaves_no_file_once_both_finish(
     exactly once) before the DELETE removes what is left. Either way: no 5xx, no file left.
     """
     user = login(server, f"delete-mid-patch-{mode}")
-    data = payload(2_000_000, 300 + len(mode))
+    data = payload(2_000_000, 300 + len(mode), kind="random")
     url = tus_create(server, user, len(data))
     upload_id = upload_id_of(url)
     assert tus_patch(server, user, url, 0, data[:100_000]).status == 204
@@ -266,7 +262,7 @@ def test_delete_during_a_patch_leaves_no_file_once_both_finish(
 
     assert not (server.upload_dir / upload_id).exists()
     assert not (server.upload_dir / f"{upload_id}.info").exists()
-    assert record(server, upload_id)["state"] == "terminated"
+    assert record_of(server, upload_id)["state"] == "terminated"
     assert tus_head(url, user).status_code == 410
     assert tus_patch(server, user, url, int(reply.headers.get("Upload-Offset") or 100_000), b"x").status == 410
     assert not (server.upload_dir / upload_id).exists()

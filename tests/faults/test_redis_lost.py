@@ -19,6 +19,7 @@ import pytest
 import redis
 import requests
 
+from tests.support.data import md5, payload, sha256, upload_id_of
 from tests.support.faults import (
     User,
     file_bytes,
@@ -27,19 +28,14 @@ from tests.support.faults import (
     legacy_complete,
     login,
     manage,
-    md5,
-    payload,
-    record,
     settled_offset,
-    sha256,
     snapshot,
     try_response,
     tus_create,
     tus_head,
     tus_patch,
-    upload_id_of,
 )
-from tests.support.live import OFFSET_CT, RawRequest, path_of, wait_drained
+from tests.support.live import OFFSET_CT, RawRequest, path_of, record_of, wait_drained
 from tests.support.servers import GunicornServer, RedisServer
 
 pytestmark = pytest.mark.live
@@ -75,15 +71,15 @@ def test_redis_restarted_empty_then_rebuild_resumes_every_upload(
 ) -> None:
     user = login(server, "lost-restart")
     # A tus upload in progress.
-    tus_data = payload(700_000, 1)
+    tus_data = payload(700_000, 1, kind="random")
     tus_url = tus_create(server, user, len(tus_data))
     assert tus_patch(server, user, tus_url, 0, tus_data[:250_000]).status == 204
     # A deferred-length one.
-    deferred_data = payload(400_000, 2)
+    deferred_data = payload(400_000, 2, kind="random")
     deferred_url = tus_create(server, user, None)
     assert tus_patch(server, user, deferred_url, 0, deferred_data[:120_000]).status == 204
     # A legacy one (its running md5 lives in the record).
-    legacy_data = payload(5 * LEGACY_CHUNK + 1234, 3)
+    legacy_data = payload(5 * LEGACY_CHUNK + 1234, 3, kind="random")
     reply = legacy_chunk(server, user, None, 0, legacy_data[:LEGACY_CHUNK], len(legacy_data))
     assert reply.status == 200, reply.body
     legacy_id = json_of(reply)["upload_id"]
@@ -91,12 +87,12 @@ def test_redis_restarted_empty_then_rebuild_resumes_every_upload(
         server, user, legacy_id, LEGACY_CHUNK, legacy_data[LEGACY_CHUNK : 2 * LEGACY_CHUNK], len(legacy_data)
     )
     assert reply.status == 200, reply.body
-    assert record(server, legacy_id)["md5_state"]
+    assert record_of(server, legacy_id)["md5_state"]
     # A finished one.
-    done_data = payload(90_000, 4)
+    done_data = payload(90_000, 4, kind="random")
     done_url = tus_create(server, user, len(done_data))
     assert tus_patch(server, user, done_url, 0, done_data).status == 204
-    done_record = record(server, upload_id_of(done_url))
+    done_record = record_of(server, upload_id_of(done_url))
     assert done_record["state"] == "complete"
 
     ids = {upload_id_of(tus_url), upload_id_of(deferred_url), legacy_id, upload_id_of(done_url)}
@@ -129,7 +125,7 @@ def test_redis_restarted_empty_then_rebuild_resumes_every_upload(
     assert settled_offset(tus_url, user) == 250_000
     reply = tus_patch(server, user, tus_url, 250_000, tus_data[250_000:])
     assert reply.status == 204 and reply.headers["Upload-Offset"] == str(len(tus_data))
-    assert record(server, upload_id_of(tus_url))["state"] == "complete"
+    assert record_of(server, upload_id_of(tus_url))["state"] == "complete"
     assert sha256(file_bytes(server.upload_dir / upload_id_of(tus_url)) or b"") == sha256(tus_data)
 
     # Deferred length: still deferred, resumes, takes its length with the last PATCH.
@@ -145,11 +141,11 @@ def test_redis_restarted_empty_then_rebuild_resumes_every_upload(
         **{"Upload-Length": str(len(deferred_data))},
     )
     assert reply.status == 204 and reply.headers["Upload-Offset"] == str(len(deferred_data))
-    assert record(server, upload_id_of(deferred_url))["state"] == "complete"
+    assert record_of(server, upload_id_of(deferred_url))["state"] == "complete"
     assert sha256(file_bytes(server.upload_dir / upload_id_of(deferred_url)) or b"") == sha256(deferred_data)
 
     # Legacy: the client re-sends from where it was; the md5 completion still verifies.
-    assert not record(server, legacy_id).get("md5_state")
+    assert not record_of(server, legacy_id).get("md5_state")
     start = 2 * LEGACY_CHUNK
     while start < len(legacy_data):
         piece = legacy_data[start : start + LEGACY_CHUNK]
@@ -161,7 +157,7 @@ def test_redis_restarted_empty_then_rebuild_resumes_every_upload(
     assert wrong.status_code == 400 and "md5" in wrong.text
     done = legacy_complete(server, user, legacy_id, md5(legacy_data))
     assert done.status_code == 200, done.text
-    assert record(server, legacy_id)["state"] == "complete"
+    assert record_of(server, legacy_id)["state"] == "complete"
     assert sha256(file_bytes(server.upload_dir / legacy_id) or b"") == sha256(legacy_data)
 
     # The finished upload is finished again, with its length, and takes no bytes.
@@ -169,14 +165,14 @@ def test_redis_restarted_empty_then_rebuild_resumes_every_upload(
     assert head.status_code == 200 and head.headers["Upload-Offset"] == head.headers["Upload-Length"] == "90000"
     assert tus_patch(server, user, done_url, len(done_data), b"").status == 204
     assert tus_patch(server, user, done_url, len(done_data), b"more").status == 413
-    rebuilt = record(server, upload_id_of(done_url))
+    rebuilt = record_of(server, upload_id_of(done_url))
     assert rebuilt["state"] == "complete" and rebuilt["completed_at"] == done_record["completed_at"]
     assert file_bytes(server.upload_dir / upload_id_of(done_url)) == done_data
 
 
 def test_an_evicted_record_is_404_and_rebuild_restores_only_it(server: GunicornServer) -> None:
     user = login(server, "lost-evicted")
-    data_a, data_b = payload(300_000, 5), payload(300_000, 6)
+    data_a, data_b = payload(300_000, 5, kind="random"), payload(300_000, 6, kind="random")
     url_a, url_b = tus_create(server, user, len(data_a)), tus_create(server, user, len(data_b))
     assert tus_patch(server, user, url_a, 0, data_a[:100_000]).status == 204
     assert tus_patch(server, user, url_b, 0, data_b[:200_000]).status == 204
@@ -208,7 +204,7 @@ def test_redis_restarted_during_a_patch_body_keeps_the_acknowledged_bytes(
     """Redis restarts empty while a PATCH body streams: that PATCH fails, the data file keeps exactly
     the acknowledged bytes, and after a rebuild the upload resumes from them."""
     user = login(server, "lost-mid-body")
-    data = payload(800_000, 7)
+    data = payload(800_000, 7, kind="random")
     url = tus_create(server, user, len(data))
     upload_id = upload_id_of(url)
     assert tus_patch(server, user, url, 0, data[:200_000]).status == 204

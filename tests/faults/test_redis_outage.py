@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import pytest
 import requests
 
+from tests.support.data import md5, payload, sha256, upload_id_of
 from tests.support.faults import (
     PinnedWorker,
     User,
@@ -38,20 +39,15 @@ from tests.support.faults import (
     legacy_chunk,
     legacy_complete,
     login,
-    md5,
     multipart,
-    payload,
-    record,
     settled_offset,
-    sha256,
     snapshot,
     try_response,
     tus_create,
     tus_patch,
     tus_patch_request,
-    upload_id_of,
 )
-from tests.support.live import OFFSET_CT, RawRequest, path_of, wait_drained
+from tests.support.live import OFFSET_CT, RawRequest, path_of, record_of, wait_drained
 from tests.support.servers import GunicornServer, RedisServer
 
 pytestmark = pytest.mark.live
@@ -89,21 +85,21 @@ class Uploads:
 
 
 def start_uploads(server: GunicornServer, user: User, seed: int) -> Uploads:
-    tus_data = payload(600_000, seed)
+    tus_data = payload(600_000, seed, kind="random")
     tus_url = tus_create(server, user, len(tus_data))
     assert tus_patch(server, user, tus_url, 0, tus_data[:250_000]).status == 204
 
-    deferred_data = payload(300_000, seed + 1)
+    deferred_data = payload(300_000, seed + 1, kind="random")
     deferred_url = tus_create(server, user, None)
     assert tus_patch(server, user, deferred_url, 0, deferred_data[:100_000]).status == 204
 
-    legacy_data = payload(500_000, seed + 2)
+    legacy_data = payload(500_000, seed + 2, kind="random")
     chunk = 200_000
     first = legacy_chunk(server, user, None, 0, legacy_data[:chunk], len(legacy_data))
     assert first.status == 200, first.body
     legacy_id = json_of(first)["upload_id"]
 
-    done_data = payload(50_000, seed + 3)
+    done_data = payload(50_000, seed + 3, kind="random")
     done_url = tus_create(server, user, len(done_data))
     assert tus_patch(server, user, done_url, 0, done_data).status == 204
     return Uploads(tus_url, tus_data, deferred_url, deferred_data, legacy_id, legacy_data, chunk, done_url)
@@ -259,7 +255,7 @@ def test_redis_stopped_every_request_answers_503_and_no_file_changes(
     assert_untouched(before, after)
 
     # Redis is back (empty: the test server keeps nothing); the server serves new uploads at once.
-    data = payload(200_000, 11)
+    data = payload(200_000, 11, kind="random")
     url = tus_create(server, user, len(data))
     assert tus_patch(server, user, url, 0, data).status == 204
     assert sha256(file_bytes(server.upload_dir / upload_id_of(url)) or b"") == sha256(data)
@@ -307,7 +303,7 @@ def test_redis_hanging_answers_503_within_the_timeout_then_uploads_continue(
         **{"Upload-Length": str(len(up.deferred_data))},
     )
     assert reply.status == 204 and reply.headers["Upload-Offset"] == str(len(up.deferred_data))
-    assert record(server, upload_id_of(up.deferred_url))["state"] == "complete"
+    assert record_of(server, upload_id_of(up.deferred_url))["state"] == "complete"
     assert sha256(file_bytes(server.upload_dir / upload_id_of(up.deferred_url)) or b"") == sha256(up.deferred_data)
 
     start = up.legacy_chunk
@@ -342,14 +338,14 @@ def test_redis_hanging_mid_body_keeps_what_was_acknowledged(
     monkeypatch.setenv("TUSBRIDGE_TEST_WORKER_CLASS", "sync")  # one request at a time per worker: pinnable
     server = gunicorn_factory({"TUSBRIDGE_TEST_REDIS_TIMEOUT": str(REDIS_TIMEOUT), "TUSBRIDGE_TEST_LOCK_TTL": "12"})
     user = login(server, "outage-mid-body")
-    data = payload(900_000, 30)
+    data = payload(900_000, 30, kind="random")
     with PinnedWorker(server) as pinned:
         url = tus_create(server, user, len(data))
         upload_id = upload_id_of(url)
         assert tus_patch(server, user, url, 0, data[:300_000]).status == 204
         # A PATCH long enough to listen for release requests leaves the worker two pooled Redis
         # connections, as any busy worker has: the advance below then goes out on an open one.
-        warm_data = payload(100_000, 31)
+        warm_data = payload(100_000, 31, kind="random")
         warm = tus_patch_request(server, user, tus_create(server, user, len(warm_data)), 0, len(warm_data))
         assert warm.worker_pid() == pinned.pid
         warm.send(warm_data[:1000])

@@ -49,6 +49,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.data import md5, payload, sha256, upload_id_of
 from tests.support.faults import (
     User,
     file_bytes,
@@ -58,26 +59,14 @@ from tests.support.faults import (
     legacy_complete,
     login,
     manage,
-    md5,
-    payload,
     pid_gone,
-    record,
     settled_offset,
-    sha256,
     try_response,
     tus_create,
     tus_patch,
     tus_patch_request,
 )
-from tests.support.live import (
-    HAS_PROC_NET,
-    RawRequest,
-    RawResponse,
-    listening_sockets,
-    poll,
-    upload_id_of,
-    wait_drained,
-)
+from tests.support.live import HAS_PROC_NET, RawRequest, RawResponse, listening_sockets, poll, record_of, wait_drained
 from tests.support.servers import GunicornServer
 
 pytestmark = [
@@ -207,7 +196,7 @@ class Uploader:
         stored = file_bytes(self.server.upload_dir / upload_id)
         assert stored is not None and len(stored) >= offset
         assert stored[:offset] == data[:offset], "the data file does not start with the source prefix"
-        assert int(record(self.server, upload_id)["offset"]) == offset
+        assert int(record_of(self.server, upload_id)["offset"]) == offset
         self.tally.add(offset_checks=1)
 
     def check_exact(self, upload_id: str, data: bytes, offset: int) -> None:
@@ -218,7 +207,7 @@ class Uploader:
     # tus -----------------------------------------------------------------------
 
     def upload_tus(self, plan: Plan) -> None:
-        data = payload(plan.size, plan.seed)
+        data = payload(plan.size, plan.seed, kind="random")
         url = tus_create(self.server, self.user, len(data))
         upload_id = upload_id_of(url)
         kills_left = plan.kills
@@ -248,7 +237,7 @@ class Uploader:
                 acked += len(body)
                 self.check_exact(upload_id, data, acked)
         assert settled_offset(url, self.user) == len(data)
-        rec = record(self.server, upload_id)
+        rec = record_of(self.server, upload_id)
         assert rec["state"] == "complete" and rec["offset"] == str(len(data))
         assert sha256(file_bytes(self.server.upload_dir / upload_id) or b"") == sha256(data)
         # A PATCH repeated after completion changes nothing.
@@ -272,7 +261,7 @@ class Uploader:
         raise AssertionError("the chunk stayed locked")
 
     def upload_legacy(self, plan: Plan) -> None:
-        data = payload(plan.size, plan.seed)
+        data = payload(plan.size, plan.seed, kind="random")
         chunk_size = self.rng.choice([131_072, 262_144, 393_216])
         first = data[:chunk_size]
         self.tally.add(bytes_sent=len(first))
@@ -317,7 +306,7 @@ class Uploader:
                 self.check_exact(upload_id, data, acked)
         done = legacy_complete(self.server, self.user, upload_id, md5(data))
         assert done.status_code == 200, (done.status_code, done.text)
-        rec = record(self.server, upload_id)
+        rec = record_of(self.server, upload_id)
         assert rec["state"] == "complete" and rec["offset"] == str(len(data))
         assert sha256(file_bytes(self.server.upload_dir / upload_id) or b"") == sha256(data)
         self.tally.add(uploads_legacy=1, bytes_uploaded=len(data))
@@ -424,7 +413,7 @@ def test_worker_killed_during_a_first_legacy_chunk_leaves_nothing_after_cleanup(
     upload would have expired, ``manage.py tusbridge_cleanup`` must not leave it there forever."""
     server = gunicorn_factory({**SERVER_ENV, "TUSBRIDGE_TEST_EXPIRY_SECONDS": "1"})
     user = login(server, "first-chunk-killed")
-    data = payload(600_000, 7)
+    data = payload(600_000, 7, kind="random")
     request, body = legacy_chunk_request(server, user, None, 0, data, len(data))
     pid = request.worker_pid(timeout=60)
     request.send(body[: len(body) // 2])

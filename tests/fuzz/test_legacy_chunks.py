@@ -27,8 +27,9 @@ from django.test import Client, RequestFactory
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from tests.support.data import payload
 from tests.support.fuzz import count, header_text
-from tests.support.legacy import FILES, payload, post_chunk
+from tests.support.legacy import FILES, post_chunk
 from tests.support.tus import data_of, prefix, snapshot, upload_dir
 from tusbridge.chunked_upload.views import ChunkedUploadView
 

@@ -51,8 +51,9 @@ from schemathesis.specs.openapi.checks import (  # where schemathesis 4 defines 
     status_code_conformance,
 )
 
+from tests.support.data import upload_id_of
 from tests.support.fuzz import COUNTS, count
-from tests.support.live import OFFSET_CT, TUS, TUS_VERSION, data_path, record_of, upload_id_of
+from tests.support.live import OFFSET_CT, TUS, TUS_VERSION, data_path, record_of
 from tests.support.servers import ROOT, GunicornServer
 
 pytestmark = pytest.mark.live

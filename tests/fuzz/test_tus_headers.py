@@ -33,6 +33,7 @@ from django.test import Client
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from tests.support.data import upload_id_of
 from tests.support.fuzz import count, header_chars, header_text, number_text
 from tests.support.tus import (
     COLLECTION,
@@ -45,7 +46,6 @@ from tests.support.tus import (
     snapshot,
     tus,
     upload_dir,
-    upload_id_of,
 )
 from tusbridge.tus.headers import parse_uint
 

@@ -20,7 +20,8 @@ import redis
 from django.core.management import call_command
 from django.test import Client
 
-from tests.support.legacy import complete, get_record, md5, payload, post_chunk, upload_chunks, uploads_on_disk
+from tests.support.data import md5, payload
+from tests.support.legacy import complete, get_record, post_chunk, upload_chunks, uploads_on_disk
 from tests.support.tus import data_of, prefix, record_key
 from tusbridge.record import State
 

@@ -20,17 +20,8 @@ import redis
 from django.http import HttpResponse
 from django.test import Client
 
-from tests.support.legacy import (
-    assert_error,
-    body_of,
-    complete,
-    get_record,
-    md5,
-    payload,
-    post_chunk,
-    upload_chunks,
-    uploads_on_disk,
-)
+from tests.support.data import md5, payload
+from tests.support.legacy import assert_error, body_of, complete, get_record, post_chunk, upload_chunks, uploads_on_disk
 from tests.support.together import run_together
 from tests.support.tus import Completion, data_of, data_path, move_expiry, record_key, redis_keys
 from tusbridge import md5state

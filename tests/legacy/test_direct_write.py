@@ -18,7 +18,8 @@ import pytest
 from django.test import Client
 
 from tests import legacy_urls
-from tests.support.legacy import body_of, content_range, payload, post_chunk
+from tests.support.data import payload
+from tests.support.legacy import body_of, content_range, post_chunk
 from tests.support.tus import data_of
 
 pytestmark = [pytest.mark.django_db, pytest.mark.urls("tests.legacy_urls")]

@@ -20,7 +20,8 @@ import pytest
 import redis
 from django.test import Client
 
-from tests.support.legacy import API_CHUNK, assert_error, complete, md5, payload, post_chunk, upload_chunks
+from tests.support.data import md5, payload
+from tests.support.legacy import API_CHUNK, assert_error, complete, post_chunk, upload_chunks
 from tests.support.tus import data_of, lock_key
 from tusbridge import md5state
 from tusbridge.appending import AppendSession

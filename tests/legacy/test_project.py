@@ -21,7 +21,8 @@ from django.test import Client
 from django.urls import path
 
 from tests.legacyapp.models import Document
-from tests.support.legacy import assert_error, body_of, complete, get_record, md5, payload, post_chunk
+from tests.support.data import md5, payload
+from tests.support.legacy import assert_error, body_of, complete, get_record, post_chunk
 from tests.support.tus import data_of, redis_keys
 from tusbridge.chunked_upload.constants import COMPLETE, http_status
 from tusbridge.chunked_upload.exceptions import ChunkedUploadError

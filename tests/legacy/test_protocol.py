@@ -17,6 +17,7 @@ import redis
 from django.test import Client
 from django.test.client import encode_multipart
 
+from tests.support.data import md5, payload
 from tests.support.legacy import (
     API_CHUNK,
     API_COMPLETE,
@@ -28,9 +29,7 @@ from tests.support.legacy import (
     body_of,
     complete,
     get_record,
-    md5,
     parse_expires,
-    payload,
     post_chunk,
     upload_chunks,
     uploads_on_disk,

@@ -15,6 +15,7 @@ import redis
 from django.http import HttpResponse
 from django.test import Client
 
+from tests.support.data import md5, payload
 from tests.support.legacy import (
     API_CHUNK,
     API_COMPLETE,
@@ -24,8 +25,6 @@ from tests.support.legacy import (
     body_of,
     complete,
     get_record,
-    md5,
-    payload,
     post_chunk,
 )
 from tests.support.tus import data_of

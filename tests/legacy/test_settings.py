@@ -12,6 +12,7 @@ import redis
 from django.core.serializers.json import DjangoJSONEncoder
 from django.test import Client
 
+from tests.support.data import md5, payload
 from tests.support.legacy import (
     API_COMPLETE,
     FILES,
@@ -20,9 +21,7 @@ from tests.support.legacy import (
     body_of,
     complete,
     get_record,
-    md5,
     parse_expires,
-    payload,
     post_chunk,
     upload_chunks,
     uploads_on_disk,

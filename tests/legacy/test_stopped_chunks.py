@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 from django.test import Client
 
-from tests.support.legacy import body_of, payload, post_chunk
+from tests.support.data import payload
+from tests.support.legacy import body_of, post_chunk
 from tusbridge.chunked_upload.exceptions import ChunkedUploadError
 from tusbridge.chunked_upload.handlers import DirectChunkHandler
 from tusbridge.chunked_upload.multipart import ChunkBodyParser

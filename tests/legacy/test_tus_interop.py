@@ -6,18 +6,9 @@ import pytest
 import redis
 from django.test import Client
 
-from tests.support.legacy import (
-    FILES,
-    FILES_COMPLETE,
-    assert_error,
-    body_of,
-    complete,
-    get_record,
-    md5,
-    payload,
-    post_chunk,
-)
-from tests.support.tus import b64, data_of, tus, upload_id_of
+from tests.support.data import b64, md5, payload, upload_id_of
+from tests.support.legacy import FILES, FILES_COMPLETE, assert_error, body_of, complete, get_record, post_chunk
+from tests.support.tus import data_of, tus
 from tusbridge.record import State
 
 pytestmark = [pytest.mark.django_db, pytest.mark.urls("tests.legacy_urls")]

@@ -19,7 +19,7 @@ import pytest
 import requests
 from tusclient import client as tus_client
 
-from tests.support.legacy import payload
+from tests.support.data import payload, upload_id_of
 from tests.support.live import (
     LEGACY_CHUNK,
     OFFSET_CT,
@@ -38,7 +38,6 @@ from tests.support.live import (
     record_of,
     send_chunk,
     send_complete,
-    upload_id_of,
 )
 from tests.support.servers import GunicornServer, free_port
 

@@ -18,7 +18,8 @@ import time
 import pytest
 import requests
 
-from tests.support.live import OFFSET_CT, cookie_header, create, data_of, path_of, upload_id_of
+from tests.support.data import upload_id_of
+from tests.support.live import OFFSET_CT, cookie_header, create, data_of, path_of
 from tests.support.servers import GunicornServer
 
 pytestmark = pytest.mark.live

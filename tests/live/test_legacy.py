@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING
 
 import requests
 
-from tests.support.legacy import payload
-from tests.support.live import LEGACY_CHUNK, data_path, file_sha256, logged_in, record_of, send_chunk, send_complete
+from tests.support.data import file_sha256, payload
+from tests.support.live import LEGACY_CHUNK, data_path, logged_in, record_of, send_chunk, send_complete
 from tests.support.together import run_together
 
 if TYPE_CHECKING:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import pytest
 import requests
 
-from tests.support.legacy import payload
+from tests.support.data import payload
 from tests.support.live import LEGACY_CHUNK, data_of, is_locked, logged_in, poll, record_of, send_chunk, send_complete
 from tests.support.servers import THREAD_WORKER_CLASS
 from tusbridge import keeping

@@ -19,6 +19,7 @@ from collections.abc import Callable
 import pytest
 import requests
 
+from tests.support.data import upload_id_of
 from tests.support.live import (
     LEGACY_CHUNK,
     RawRequest,
@@ -34,7 +35,6 @@ from tests.support.live import (
     path_of,
     poll,
     send_chunk,
-    upload_id_of,
 )
 from tests.support.servers import GunicornServer, RedisServer
 

@@ -10,9 +10,7 @@ from /proc (see ``tests.support.live``).
 
 from __future__ import annotations
 
-import base64
 import os
-import struct
 import threading
 from collections.abc import Callable
 from functools import partial
@@ -21,6 +19,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from tests.support.data import b64, file_sha256, payload, sha256, upload_id_of
 from tests.support.live import (
     HAS_PROC_NET,
     OFFSET_CT,
@@ -33,7 +32,6 @@ from tests.support.live import (
     create,
     data_of,
     data_path,
-    file_sha256,
     head,
     head_offset,
     is_locked,
@@ -42,8 +40,6 @@ from tests.support.live import (
     poll,
     record_of,
     request_on_other_worker,
-    sha256,
-    upload_id_of,
     wait_server_done,
 )
 from tests.support.servers import GunicornServer
@@ -59,20 +55,6 @@ def gunicorn_server(gunicorn_factory: Callable[..., GunicornServer]) -> Gunicorn
 
 
 needs_proc = pytest.mark.skipif(not HAS_PROC_NET, reason="finds the serving worker through /proc")
-
-
-def payload(size: int, seed: int = 0) -> bytes:
-    """Deterministic, non-repeating bytes (so misplaced or interleaved bytes show)."""
-    out = bytearray()
-    counter = 0
-    while len(out) < size:
-        out += sha256(struct.pack(">QQ", seed, counter)).encode()
-        counter += 1
-    return bytes(out[:size])
-
-
-def b64(text: str) -> str:
-    return base64.b64encode(text.encode()).decode()
 
 
 def raw_patch_headers(session: requests.Session, offset: int, length: int | None) -> dict[str, str]:
@@ -125,7 +107,7 @@ def test_full_flow_with_requests(gunicorn_server: GunicornServer, session: reque
     extensions = {e.strip() for e in options.headers["Tus-Extension"].split(",")}
     assert {"creation", "termination"} <= extensions
 
-    data = payload(3 * 1024 * 1024 + 12345, seed=1)
+    data = payload(3 * 1024 * 1024 + 12345, seed=1, kind="hex")
     metadata = f"filename {b64('flow.bin')},empty"
     url = create(server, session, len(data), metadata)
     upload_id = upload_id_of(url)
@@ -177,7 +159,7 @@ def test_upload_continues_across_both_workers(gunicorn_server: GunicornServer, s
     server = gunicorn_server
     workers = set(server.worker_pids())
     assert len(workers) == 2
-    data = payload(6 * 100_003, seed=2)
+    data = payload(6 * 100_003, seed=2, kind="hex")
     cookie = {"Tus-Resumable": TUS_VERSION, "Cookie": cookie_header(session)}
     served: list[int] = []
 
@@ -220,7 +202,7 @@ def test_chunked_patch_is_stored(
 ) -> None:
     """A PATCH with Transfer-Encoding: chunked and no Content-Length stores every byte."""
     server = gunicorn_server
-    data = payload(1024 * 1024 + 300_000, seed=3)
+    data = payload(1024 * 1024 + 300_000, seed=3, kind="hex")
     pieces = [data[:1], data[1:70_000], data[70_000:70_001], data[70_001:1_200_000], data[1_200_000:]]
     assert b"".join(pieces) == data
     url = create(server, session, None if deferred else len(data))
@@ -265,7 +247,7 @@ def test_disconnect_mid_body_keeps_what_arrived(
     link does: the bytes it did send must still be stored.
     """
     server = gunicorn_server
-    data = payload(1_500_000, seed=4)
+    data = payload(1_500_000, seed=4, kind="hex")
     url = create(server, session, len(data))
     upload_id = upload_id_of(url)
     assert patch(session, url, 0, data[:1000]).status_code == 204
@@ -300,7 +282,7 @@ def test_patch_body_that_pauses_is_stored_whole(gunicorn_server: GunicornServer,
     taken for a client that went away.
     """
     server = gunicorn_server
-    data = payload(600_000, seed=5)
+    data = payload(600_000, seed=5, kind="hex")
     url = create(server, session, len(data))
     upload_id = upload_id_of(url)
     request = RawRequest(server, "PATCH", path_of(url), raw_patch_headers(session, 0, len(data)))
@@ -324,7 +306,7 @@ def test_bytes_beyond_length_are_refused_and_not_written(
 ) -> None:
     """Content-Length or a chunked body running past Upload-Length: 413, file and offset unchanged."""
     server = gunicorn_server
-    data = payload(100_000, seed=6)
+    data = payload(100_000, seed=6, kind="hex")
     url = create(server, session, len(data))
     upload_id = upload_id_of(url)
     assert patch(session, url, 0, data[:40_000]).status_code == 204
@@ -386,7 +368,7 @@ def test_concurrent_patches_at_same_offset(
     """Two PATCHes at one offset on two workers: one 204, one 409/423, bytes of one only."""
     server = gunicorn_server
     size = 512 * 1024
-    bodies = [payload(size, seed=100 + round_), payload(size, seed=200 + round_)]
+    bodies = [payload(size, seed=100 + round_, kind="hex"), payload(size, seed=200 + round_, kind="hex")]
     url = create(server, session, size)
     upload_id = upload_id_of(url)
 
@@ -426,8 +408,8 @@ def test_final_patch_race_completes_once(
     """Two workers race to store the last bytes: one completes, the record completes once."""
     server = gunicorn_server
     size = 300_000
-    prefix = payload(size - 50_000, seed=300 + round_)
-    tails = [payload(50_000, seed=400 + round_), payload(50_000, seed=500 + round_)]
+    prefix = payload(size - 50_000, seed=300 + round_, kind="hex")
+    tails = [payload(50_000, seed=400 + round_, kind="hex"), payload(50_000, seed=500 + round_, kind="hex")]
     url = create(server, session, size)
     upload_id = upload_id_of(url)
     assert patch(session, url, 0, prefix).status_code == 204
@@ -455,8 +437,8 @@ def test_final_patch_race_hands_over_once(storage_server: tuple[GunicornServer, 
     server, stored_dir = storage_server
     session = server.login("storage-user")
     size = 200_000
-    prefix = payload(size - 30_000, seed=600 + round_)
-    tails = [payload(30_000, seed=700 + round_), payload(30_000, seed=800 + round_)]
+    prefix = payload(size - 30_000, seed=600 + round_, kind="hex")
+    tails = [payload(30_000, seed=700 + round_, kind="hex"), payload(30_000, seed=800 + round_, kind="hex")]
     url = create(server, session, size, f"filename {b64(f'race-{round_}.bin')}")
     upload_id = upload_id_of(url)
     assert patch(session, url, 0, prefix).status_code == 204

@@ -33,22 +33,22 @@ from typing import Any
 import pytest
 import requests
 
+from tests.support.data import file_sha256, upload_id_of
 from tests.support.live import (
     HAS_PROC_NET,
     TUS_VERSION,
     auth,
     cookie_header,
     data_path,
-    file_sha256,
     head_offset,
     is_locked,
     path_of,
     poll,
     record_of,
     server_done_with,
-    upload_id_of,
     wait_server_done,
 )
+from tests.support.node import npm_ci
 from tests.support.servers import ROOT, GunicornServer
 
 pytestmark = pytest.mark.live
@@ -78,15 +78,7 @@ def node_project() -> Path:
     if node is None or npm is None:
         pytest.skip("node and npm are needed for the tus-js-client interop tests (install Node.js >= 18)")
     if _installed_version() != _pinned_version():
-        result = subprocess.run(
-            [npm, "ci", "--no-audit", "--no-fund", "--loglevel=error"],
-            cwd=INTEROP,
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
-        if result.returncode != 0:
-            pytest.fail(f"npm ci in {INTEROP} failed:\n{result.stdout}\n{result.stderr}", pytrace=False)
+        npm_ci(npm, INTEROP)
     assert _installed_version() == _pinned_version()
     return INTEROP
 

@@ -15,7 +15,6 @@ TUSBRIDGE_LOCK_WAIT with 423 and a message, changing nothing.
 
 from __future__ import annotations
 
-import random
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -24,6 +23,7 @@ import redis
 import requests
 from django.test import Client
 
+from tests.support.data import file_sha256, payload, sha256, upload_id_of
 from tests.support.live import (
     HAS_PROC_NET,
     OFFSET_CT,
@@ -35,7 +35,6 @@ from tests.support.live import (
     create,
     data_of,
     data_path,
-    file_sha256,
     head_offset,
     is_locked,
     lock_key,
@@ -45,8 +44,6 @@ from tests.support.live import (
     poll,
     record_of,
     request_on_other_worker,
-    sha256,
-    upload_id_of,
     wait_drained,
 )
 from tests.support.servers import GunicornServer
@@ -60,11 +57,6 @@ SECOND_REQUEST_TIMEOUT = 10.0
 
 #: gunicorn's per-request read size in tusbridge (TUSBRIDGE_READ_SIZE default).
 READ_SIZE = 1024 * 1024
-
-
-def payload(size: int, seed: int) -> bytes:
-    """Deterministic pseudo-random bytes (misplaced or repeated bytes show up)."""
-    return random.Random(seed).randbytes(size)
 
 
 @pytest.fixture(scope="module")
@@ -119,7 +111,7 @@ def test_head_gets_through_a_stalled_patch_and_upload_finishes(
 ) -> None:
     """HEAD while another connection's PATCH is silent is answered; the upload then finishes from its offset."""
     server = gunicorn_server
-    data = payload(3 * READ_SIZE + 12_345, seed=sent)
+    data = payload(3 * READ_SIZE + 12_345, seed=sent, kind="random")
     url = create(server, session, len(data))
     upload_id = upload_id_of(url)
     holder = stall_patch(server, session, url, data, 0, sent)
@@ -159,7 +151,7 @@ def test_head_during_a_stalled_patch_reports_every_byte_sent(
     out of the kernel (receive queue empty), so they have all arrived.
     """
     server = gunicorn_server
-    data = payload(3 * READ_SIZE + 54_321, seed=100 + sent)
+    data = payload(3 * READ_SIZE + 54_321, seed=100 + sent, kind="random")
     url = create(server, session, len(data))
     upload_id = upload_id_of(url)
     holder = stall_patch(server, session, url, data, 0, sent)
@@ -181,7 +173,7 @@ def test_patch_from_the_sent_offset_gets_through_a_stalled_patch(
     ``amount`` bytes of the stalled PATCH's body were sent (and read by the worker).
     """
     server = gunicorn_server
-    data = payload(4 * READ_SIZE + 777, seed=10 + amount)
+    data = payload(4 * READ_SIZE + 777, seed=10 + amount, kind="random")
     url = create(server, session, len(data))
     upload_id = upload_id_of(url)
     head_start = 5000
@@ -206,7 +198,7 @@ def test_patch_from_the_sent_offset_gets_through_a_stalled_patch(
 def test_handover_crosses_workers(sync_server: GunicornServer, sync_session: requests.Session) -> None:
     """The HEAD is served by the other worker than the stalled PATCH (the release request crosses processes)."""
     server, session = sync_server, sync_session
-    data = payload(2 * READ_SIZE + 99, seed=3)
+    data = payload(2 * READ_SIZE + 99, seed=3, kind="random")
     sent = READ_SIZE  # a whole read: not affected by how partial reads are kept
     url = create(server, session, len(data))
     upload_id = upload_id_of(url)
@@ -236,7 +228,7 @@ def test_silent_lock_holder_makes_patch_answer_423(gunicorn_server: GunicornServ
     harness has no environment switch to make it smaller.
     """
     server = gunicorn_server
-    data = payload(300_000, seed=4)
+    data = payload(300_000, seed=4, kind="random")
     url = create(server, session, len(data))
     upload_id = upload_id_of(url)
     assert patch(session, url, 0, data[:1000]).status_code == 204

@@ -28,19 +28,17 @@ from tusclient.exceptions import TusCommunicationError
 from tusclient.storage.filestorage import FileStorage
 from tusclient.uploader import Uploader
 
+from tests.support.data import file_sha256, sha256, upload_id_of
 from tests.support.live import (
     HAS_PROC_NET,
     cookie_header,
     data_of,
     data_path,
-    file_sha256,
     head,
     head_offset,
     is_locked,
     poll,
     record_of,
-    sha256,
-    upload_id_of,
     wait_server_done,
 )
 from tests.support.servers import ROOT, GunicornServer

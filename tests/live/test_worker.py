@@ -25,7 +25,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.support.live import cookie_header, create, lock_key, patch, path_of, poll, upload_id_of
+from tests.support.data import upload_id_of
+from tests.support.live import cookie_header, create, lock_key, patch, path_of, poll
 from tests.support.servers import ROOT, GunicornServer, free_port
 
 pytestmark = pytest.mark.live

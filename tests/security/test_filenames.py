@@ -24,8 +24,9 @@ import pytest
 from django.core.files.storage import FileSystemStorage
 from django.test import Client
 
-from tests.support.legacy import FILES, FILES_COMPLETE, complete, md5, payload
-from tests.support.tus import Tus, tus, upload_dir, upload_id_of
+from tests.support.data import md5, payload, upload_id_of
+from tests.support.legacy import FILES, FILES_COMPLETE, complete
+from tests.support.tus import Tus, tus, upload_dir
 from tusbridge.record import UploadRecord
 from tusbridge.records.redis import RedisRecordStore
 

@@ -20,7 +20,8 @@ from typing import Any
 import pytest
 import requests
 
-from tests.support.live import OFFSET_CT, TUS_VERSION, cookie_header, upload_id_of
+from tests.support.data import upload_id_of
+from tests.support.live import OFFSET_CT, TUS_VERSION, cookie_header
 from tests.support.servers import GunicornServer
 
 pytestmark = pytest.mark.live

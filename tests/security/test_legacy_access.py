@@ -9,6 +9,7 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django.test import Client, override_settings
 from django.test.client import encode_multipart
 
+from tests.support.data import md5, payload
 from tests.support.legacy import (
     API_CHUNK,
     API_COMPLETE,
@@ -18,8 +19,6 @@ from tests.support.legacy import (
     body_of,
     complete,
     get_record,
-    md5,
-    payload,
     post_chunk,
     uploads_on_disk,
 )

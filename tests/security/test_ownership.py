@@ -34,18 +34,8 @@ from typing import Any
 import pytest
 import requests
 
-from tests.support.live import (
-    OFFSET_CT,
-    TUS,
-    auth,
-    create,
-    data_of,
-    head_offset,
-    is_locked,
-    patch,
-    record_of,
-    upload_id_of,
-)
+from tests.support.data import upload_id_of
+from tests.support.live import OFFSET_CT, TUS, auth, create, data_of, head_offset, is_locked, patch, record_of
 from tests.support.servers import GunicornServer
 
 pytestmark = pytest.mark.live

@@ -17,7 +17,8 @@ import redis
 from django.contrib.auth import get_user_model
 from django.test import Client
 
-from tests.support.legacy import FILES, FILES_COMPLETE, complete, md5, payload, post_chunk, uploads_on_disk
+from tests.support.data import md5, payload
+from tests.support.legacy import FILES, FILES_COMPLETE, complete, post_chunk, uploads_on_disk
 from tests.support.tus import Tus, snapshot, tus
 
 pytestmark = pytest.mark.django_db

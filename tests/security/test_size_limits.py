@@ -28,6 +28,7 @@ from typing import Any
 import pytest
 import requests
 
+from tests.support.data import upload_id_of
 from tests.support.live import (
     OFFSET_CT,
     RawRequest,
@@ -40,7 +41,6 @@ from tests.support.live import (
     path_of,
     poll,
     record_of,
-    upload_id_of,
 )
 from tests.support.servers import GunicornServer
 

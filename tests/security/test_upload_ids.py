@@ -12,9 +12,10 @@ import pytest
 import redis
 from django.test import Client
 
+from tests.support.data import payload, upload_id_of
 from tests.support.fuzz import count
-from tests.support.legacy import FILES, payload, post_chunk
-from tests.support.tus import Tus, snapshot, upload_id_of
+from tests.support.legacy import FILES, post_chunk
+from tests.support.tus import Tus, snapshot
 
 pytestmark = pytest.mark.django_db
 

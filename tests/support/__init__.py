@@ -11,5 +11,7 @@
 - ``fuzz``: counting what the fuzz and property tests tried, shared strategies.
 - ``together``: calls released in threads at the same moment.
 - ``example_site``: the example project under gunicorn and headless Chromium.
+- ``data``: payloads, digests, base64 and upload ids, for every kind of test.
+- ``node``: ``npm ci`` for the JavaScript clients.
 - ``worker_probe``, ``legacy_storage``: classes named by dotted path in settings.
 """

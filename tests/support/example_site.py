@@ -6,7 +6,6 @@ Used by the browser tests (``tests/browser/``); their fixtures (``example_server
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import shutil
@@ -22,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import requests
 
+from tests.support.node import npm_ci
 from tests.support.servers import (
     LIVE_SERVERS,
     ROOT,
@@ -68,15 +68,7 @@ def ensure_node_modules() -> None:
             "install Node.js 20+ with npm.",
             pytrace=False,
         )
-    result = subprocess.run(
-        [npm, "ci", "--no-audit", "--no-fund", "--loglevel=error"],
-        cwd=EXAMPLE_DIR,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    if result.returncode != 0:
-        pytest.fail(f"npm ci in example/ failed:\n{result.stdout}\n{result.stderr}", pytrace=False)
+    npm_ci(npm, EXAMPLE_DIR)
 
 
 # --- the example server ----------------------------------------------------------
@@ -222,10 +214,6 @@ def make_file(directory: Path, name: str, size: int) -> tuple[Path, bytes]:
     path = directory / name
     path.write_bytes(data)
     return path, data
-
-
-def sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 def finished_rows(page: Page) -> list[dict[str, str]]:

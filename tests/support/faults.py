@@ -9,11 +9,9 @@ unacknowledged byte was counted.
 
 from __future__ import annotations
 
-import hashlib
 import http.client
 import json
 import os
-import random
 import secrets
 import subprocess
 import sys
@@ -25,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import requests
 
+from tests.support.data import sha256
 from tests.support.live import (
     OFFSET_CT,
     TUS_VERSION,
@@ -33,25 +32,11 @@ from tests.support.live import (
     cookie_header,
     path_of,
     poll,
-    upload_id_of,
 )
 from tests.support.servers import ROOT
 
 if TYPE_CHECKING:
     from tests.support.servers import GunicornServer
-
-
-def payload(size: int, seed: int) -> bytes:
-    """Deterministic pseudo-random bytes: a misplaced, repeated or zeroed byte changes every digest."""
-    return random.Random(seed).randbytes(size)
-
-
-def sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def md5(data: bytes) -> str:
-    return hashlib.md5(data).hexdigest()
 
 
 def file_bytes(path: Path) -> bytes | None:
@@ -240,18 +225,6 @@ def pid_gone(pid: int) -> bool:
     return state in ("Z", "X")
 
 
-# --- Redis records ----------------------------------------------------------------------
-
-
-def record(server: GunicornServer, upload_id: str) -> dict[str, str]:
-    client = server.redis_client()
-    try:
-        raw = client.hgetall(f"{server.key_prefix}:upload:{{{upload_id}}}")
-    finally:
-        client.close()
-    return {k.decode(): v.decode() for k, v in raw.items()}
-
-
 # --- manage.py with the server's settings ----------------------------------------------
 
 
@@ -287,10 +260,6 @@ def timed(call: Callable[[], Any]) -> tuple[Any, float]:
     started = time.monotonic()
     result = call()
     return result, time.monotonic() - started
-
-
-def id_of(url: str) -> str:
-    return upload_id_of(url)
 
 
 def send_and_answer(request: RawRequest, body: bytes, timeout: float = 60) -> RawResponse | None:

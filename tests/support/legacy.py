@@ -8,7 +8,6 @@ jQuery-File-Upload sends, unless a test builds the body by hand.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from datetime import UTC, datetime
@@ -32,24 +31,6 @@ UPLOAD_ID = re.compile(r"[0-9a-f]{32}")
 # DjangoJSONEncoder: ISO 8601 with milliseconds and "Z" for UTC.
 EXPIRES = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z")
 UNKNOWN_ID = "0123456789abcdef0123456789abcdef"
-
-
-def md5(data: bytes) -> str:
-    return hashlib.md5(data).hexdigest()
-
-
-def sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def payload(size: int, seed: int = 0) -> bytes:
-    """Deterministic, non-repeating-looking bytes (so misplaced bytes change the digest)."""
-    out = bytearray()
-    counter = 0
-    while len(out) < size:
-        out += hashlib.sha256(f"{seed}:{counter}".encode()).digest()
-        counter += 1
-    return bytes(out[:size])
 
 
 def content_range(start: int, size: int, total: int) -> str:

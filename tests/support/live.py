@@ -14,7 +14,6 @@ inode is among the file descriptors of exactly one worker process.
 
 from __future__ import annotations
 
-import hashlib
 import http.client
 import os
 import socket
@@ -37,23 +36,6 @@ TUS = {"Tus-Resumable": TUS_VERSION}
 HAS_PROC_NET = Path("/proc/net/tcp").is_file()
 
 T = TypeVar("T")
-
-
-def sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        while piece := fh.read(1 << 20):
-            digest.update(piece)
-    return digest.hexdigest()
-
-
-def upload_id_of(url: str) -> str:
-    """The upload id: the last path segment of an upload URL."""
-    return urlsplit(url).path.rstrip("/").rsplit("/", 1)[-1]
 
 
 def path_of(url: str) -> str:

@@ -8,15 +8,12 @@ these (``t``, ``redis_client``, ``completions``, ``other_client``) are in
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import os
 import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import redis
 from django.conf import settings as django_settings
@@ -50,25 +47,10 @@ IMF_FIXDATE = re.compile(
 )
 
 
-def b64(value: bytes | str) -> str:
-    """Base64 of ``value`` as an Upload-Metadata value."""
-    raw = value.encode() if isinstance(value, str) else value
-    return base64.b64encode(raw).decode("ascii")
-
-
-def sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
 def imf_fixdate(value: str) -> int:
     """Parse an IMF-fixdate header value into epoch seconds; fail on any other format."""
     assert IMF_FIXDATE.fullmatch(value), f"not an IMF-fixdate: {value!r}"
     return parse_http_date(value)
-
-
-def upload_id_of(url: str) -> str:
-    """The upload id: the last path segment of an upload URL."""
-    return urlsplit(url).path.rstrip("/").rsplit("/", 1)[-1]
 
 
 def upload_dir() -> Path:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import random
 import zlib
 from collections.abc import Callable
 
@@ -20,6 +19,7 @@ import redis
 import requests
 from django.test import Client
 
+from tests.support.data import file_sha256, payload, sha256, upload_id_of
 from tests.support.live import (
     OFFSET_CT,
     RawRequest,
@@ -27,7 +27,6 @@ from tests.support.live import (
     cookie_header,
     create,
     data_path,
-    file_sha256,
     head_offset,
     is_locked,
     path_of,
@@ -36,21 +35,8 @@ from tests.support.live import (
 )
 from tests.support.live import data_of as live_data_of
 from tests.support.live import patch as live_patch
-from tests.support.live import sha256 as sha256_hex
-from tests.support.live import upload_id_of as live_upload_id_of
 from tests.support.servers import GunicornServer
-from tests.support.tus import (
-    COLLECTION,
-    TUS_VERSION,
-    Completion,
-    Tus,
-    data_of,
-    file_size,
-    record_key,
-    snapshot,
-    tus,
-    upload_id_of,
-)
+from tests.support.tus import COLLECTION, TUS_VERSION, Completion, Tus, data_of, file_size, record_key, snapshot, tus
 
 pytestmark = pytest.mark.django_db
 
@@ -67,11 +53,6 @@ def digest(algorithm: str, data: bytes) -> bytes:
 def checksum_header(algorithm: str, data: bytes) -> str:
     """``Upload-Checksum`` for ``data``."""
     return f"{algorithm} {base64.b64encode(digest(algorithm, data)).decode('ascii')}"
-
-
-def payload(size: int, seed: int) -> bytes:
-    """Deterministic pseudo-random bytes."""
-    return random.Random(seed).randbytes(size)
 
 
 def assert_state(t: Tus, url: str, redis_client: redis.Redis, expected: bytes) -> None:
@@ -115,7 +96,7 @@ def test_advertised_algorithms_are_accepted(client: Client, t: Tus) -> None:
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
 def test_correct_checksum_is_accepted(t: Tus, redis_client: redis.Redis, algorithm: str) -> None:
     """A matching checksum of each algorithm: 204 and the bytes are stored."""
-    data = payload(10_000, seed=1)
+    data = payload(10_000, seed=1, kind="random")
     url = t.new_upload(len(data))
     first = t.patch(url, data[:4000], 0, HTTP_UPLOAD_CHECKSUM=checksum_header(algorithm, data[:4000]))
     assert first.status_code == 204, first.content
@@ -138,7 +119,7 @@ def test_hello_world_sha1_from_the_spec(t: Tus) -> None:
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
 def test_mismatch_is_460_and_discards_the_chunk(t: Tus, redis_client: redis.Redis, algorithm: str) -> None:
     """A wrong checksum: 460, the offset and the file stay exactly as before; the chunk can be resent."""
-    data = payload(9000, seed=2)
+    data = payload(9000, seed=2, kind="random")
     url = t.new_upload(len(data))
     assert t.patch(url, data[:3000], 0).status_code == 204
     wrong = checksum_header(algorithm, data[3000:6000] + b"x")
@@ -159,7 +140,7 @@ def test_mismatch_on_the_last_chunk_does_not_complete(
     t: Tus, redis_client: redis.Redis, completions: list[Completion]
 ) -> None:
     """A mismatching final chunk neither completes the upload nor announces it."""
-    data = payload(2000, seed=3)
+    data = payload(2000, seed=3, kind="random")
     url = t.new_upload(len(data))
     assert t.patch(url, data[:1000], 0).status_code == 204
     response = t.patch(url, data[1000:], 1000, HTTP_UPLOAD_CHECKSUM=checksum_header("sha256", b"other"))
@@ -245,7 +226,7 @@ def test_correct_checksum_at_the_wrong_offset_is_409(t: Tus, redis_client: redis
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
 def test_checksum_on_creation_with_upload(t: Tus, redis_client: redis.Redis, algorithm: str) -> None:
     """POST with a body and a matching checksum: 201 with Upload-Offset, bytes stored."""
-    data = payload(5000, seed=4)
+    data = payload(5000, seed=4, kind="random")
     response = t.create(10_000, body=data, HTTP_UPLOAD_CHECKSUM=checksum_header(algorithm, data))
     assert response.status_code == 201, response.content
     assert response["Upload-Offset"] == str(len(data))
@@ -258,7 +239,7 @@ def test_mismatching_checksum_on_creation_with_upload_stores_no_bytes(t: Tus, re
     The app may create the (empty) upload and name it in Location so the
     client can resume; if it does, the upload is at offset 0 with an empty file.
     """
-    data = payload(5000, seed=5)
+    data = payload(5000, seed=5, kind="random")
     response = t.create(10_000, body=data, HTTP_UPLOAD_CHECKSUM=checksum_header("sha1", data[:-1]))
     assert response.status_code == 460
     if "Location" in response:
@@ -292,14 +273,14 @@ def test_large_body_with_checksum_live(
 ) -> None:
     """A multi-MiB PATCH with a matching checksum through gunicorn: 204, every byte stored."""
     server = gunicorn_server
-    data = payload(LARGE, seed=6)
+    data = payload(LARGE, seed=6, kind="random")
     url = create(server, session, len(data) + 10)
-    upload_id = live_upload_id_of(url)
+    upload_id = upload_id_of(url)
     assert live_patch(session, url, 0, b"0123456789").status_code == 204
     response = live_patch(session, url, 10, data, **{"Upload-Checksum": checksum_header(algorithm, data)})
     assert response.status_code == 204, response.text
     assert response.headers["Upload-Offset"] == str(len(data) + 10)
-    assert file_sha256(data_path(server, upload_id)) == sha256_hex(b"0123456789" + data)
+    assert file_sha256(data_path(server, upload_id)) == sha256(b"0123456789" + data)
     record = record_of(server, upload_id)
     assert record["state"] == "complete"
     assert record["offset"] == str(len(data) + 10)
@@ -321,10 +302,10 @@ def test_large_body_with_mismatching_checksum_live(
 ) -> None:
     """A multi-MiB PATCH whose bytes do not match its checksum: 460, file and offset exactly as before."""
     server = gunicorn_server
-    data = payload(LARGE, seed=7)
-    prefix = payload(70_000, seed=8)
+    data = payload(LARGE, seed=7, kind="random")
+    prefix = payload(70_000, seed=8, kind="random")
     url = create(server, session, len(prefix) + len(data))
-    upload_id = live_upload_id_of(url)
+    upload_id = upload_id_of(url)
     assert live_patch(session, url, 0, prefix).status_code == 204
     sent = corrupt(data)
     assert sent != data and len(sent) == len(data)
@@ -341,15 +322,15 @@ def test_large_body_with_mismatching_checksum_live(
     # The correct bytes are then accepted at the same offset.
     ok = live_patch(session, url, len(prefix), data, **{"Upload-Checksum": checksum_header("sha256", data)})
     assert ok.status_code == 204
-    assert file_sha256(path) == sha256_hex(prefix + data)
+    assert file_sha256(path) == sha256(prefix + data)
 
 
 def test_chunked_body_with_checksum_live(gunicorn_server: GunicornServer, session: requests.Session) -> None:
     """A Transfer-Encoding: chunked PATCH is checked too: mismatch 460 (nothing kept), match 204."""
     server = gunicorn_server
-    data = payload(2 * 1024 * 1024 + 333, seed=9)
+    data = payload(2 * 1024 * 1024 + 333, seed=9, kind="random")
     url = create(server, session, len(data))
-    upload_id = live_upload_id_of(url)
+    upload_id = upload_id_of(url)
     pieces = [data[i : i + 300_000] for i in range(0, len(data), 300_000)]
     headers = auth(session, **{"Content-Type": OFFSET_CT, "Upload-Offset": "0"})
 
@@ -365,7 +346,7 @@ def test_chunked_body_with_checksum_live(gunicorn_server: GunicornServer, sessio
         url, data=iter(pieces), headers={**headers, "Upload-Checksum": checksum_header("md5", data)}, timeout=60
     )
     assert good.status_code == 204, good.text
-    assert file_sha256(data_path(server, upload_id)) == sha256_hex(data)
+    assert file_sha256(data_path(server, upload_id)) == sha256(data)
 
 
 def test_body_cut_short_with_checksum_keeps_nothing_live(
@@ -373,9 +354,9 @@ def test_body_cut_short_with_checksum_keeps_nothing_live(
 ) -> None:
     """A checksummed PATCH whose connection drops mid-body keeps none of its bytes (a partial chunk cannot match)."""
     server = gunicorn_server
-    data = payload(3 * 1024 * 1024, seed=10)
+    data = payload(3 * 1024 * 1024, seed=10, kind="random")
     url = create(server, session, len(data) + 100)
-    upload_id = live_upload_id_of(url)
+    upload_id = upload_id_of(url)
     assert live_patch(session, url, 0, b"x" * 100).status_code == 204
     headers = {
         "Tus-Resumable": TUS_VERSION,

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import errno
 import os
-import random
 import time
 from collections.abc import Callable
 from typing import Any
@@ -22,6 +21,7 @@ import pytest
 import redis
 from django.test import Client
 
+from tests.support.data import payload, upload_id_of
 from tests.support.tus import (
     COLLECTION,
     Completion,
@@ -33,17 +33,11 @@ from tests.support.tus import (
     snapshot,
     tus,
     upload_dir,
-    upload_id_of,
 )
 
 pytestmark = pytest.mark.django_db
 
 UNKNOWN_ID = "0123456789abcdef0123456789abcdef"
-
-
-def payload(size: int, seed: int) -> bytes:
-    """Deterministic pseudo-random bytes."""
-    return random.Random(seed).randbytes(size)
 
 
 def relative(url: str) -> str:
@@ -117,7 +111,7 @@ def test_completed_partial_is_not_announced_as_a_finished_file(t: Tus, completio
 @pytest.mark.parametrize("style", ["absolute", "relative", "mixed"])
 def test_final_upload_joins_partials_in_order(t: Tus, redis_client: redis.Redis, style: str) -> None:
     """A final of complete partials (absolute, relative or mixed URLs) is complete at once, bytes in list order."""
-    parts = [payload(n, seed=n) for n in (1000, 1, 5555)]
+    parts = [payload(n, seed=n, kind="random") for n in (1000, 1, 5555)]
     urls = [partial(t, p) for p in parts]
     assert all(u.startswith("http://testserver/files/") for u in urls)
     listed = {
@@ -234,7 +228,11 @@ def test_patch_on_a_final_is_403_and_changes_nothing(t: Tus, redis_client: redis
 
 def test_head_on_a_final_before_and_after_its_partials_complete(t: Tus, redis_client: redis.Redis) -> None:
     """concatenation-unfinished: no Upload-Offset while partials are incomplete; offset == length once joined."""
-    parts = [payload(3000, seed=1), payload(4000, seed=2), payload(5, seed=3)]
+    parts = [
+        payload(3000, seed=1, kind="random"),
+        payload(4000, seed=2, kind="random"),
+        payload(5, seed=3, kind="random"),
+    ]
     urls = [partial(t, None, length=len(p)) for p in parts]
     response = create_final(t, urls)
     assert response.status_code == 201
@@ -475,7 +473,11 @@ def test_concatenation_uses_copy_file_range(t: Tus, monkeypatch: pytest.MonkeyPa
         return n
 
     monkeypatch.setattr(os, "copy_file_range", counting)
-    parts = [payload(3 * MIB + 17, seed=11), payload(2 * MIB - 3, seed=12), payload(MIB + 1, seed=13)]
+    parts = [
+        payload(3 * MIB + 17, seed=11, kind="random"),
+        payload(2 * MIB - 3, seed=12, kind="random"),
+        payload(MIB + 1, seed=13, kind="random"),
+    ]
     urls = [partial(t, p) for p in parts]
     assert calls == []  # uploading partials copies nothing
     response = create_final(t, [urls[1], urls[0], urls[2], urls[1]])
@@ -502,7 +504,7 @@ def test_concatenation_falls_back_to_sendfile(t: Tus, monkeypatch: pytest.Monkey
 
     monkeypatch.setattr(os, "copy_file_range", refuse)
     monkeypatch.setattr(os, "sendfile", counting_sendfile)
-    parts = [payload(2 * MIB + 5, seed=21), payload(MIB + 7, seed=22)]
+    parts = [payload(2 * MIB + 5, seed=21, kind="random"), payload(MIB + 7, seed=22, kind="random")]
     urls = [partial(t, p) for p in parts]
     response = create_final(t, [urls[1], urls[0]])
     assert response.status_code == 201
@@ -524,7 +526,7 @@ def test_unfinished_concatenation_uses_copy_file_range(
         return n
 
     monkeypatch.setattr(os, "copy_file_range", counting)
-    parts = [payload(2 * MIB + 1, seed=31), payload(3 * MIB - 1, seed=32)]
+    parts = [payload(2 * MIB + 1, seed=31, kind="random"), payload(3 * MIB - 1, seed=32, kind="random")]
     urls = [partial(t, parts[0]), partial(t, None, length=len(parts[1]))]
     final_url = create_final(t, urls)["Location"]
     assert calls == []

@@ -18,6 +18,7 @@ import redis
 from django.http import HttpResponse
 from django.test import Client
 
+from tests.support.data import sha256, upload_id_of
 from tests.support.servers import free_port
 from tests.support.tus import (
     ALL_EXTENSIONS,
@@ -31,10 +32,8 @@ from tests.support.tus import (
     file_size,
     leftovers,
     record_store,
-    sha256,
     snapshot,
     tus,
-    upload_id_of,
 )
 
 pytestmark = pytest.mark.django_db

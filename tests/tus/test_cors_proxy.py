@@ -22,7 +22,8 @@ from django.core.checks import CheckMessage
 from django.http import HttpResponse
 from django.test import Client
 
-from tests.support.tus import COLLECTION, TUS_VERSION, Tus, snapshot, upload_id_of
+from tests.support.data import upload_id_of
+from tests.support.tus import COLLECTION, TUS_VERSION, Tus, snapshot
 from tusbridge import checks
 
 pytestmark = pytest.mark.django_db

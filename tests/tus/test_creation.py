@@ -15,20 +15,19 @@ import pytest
 import redis
 from django.test import Client
 
+from tests.support.data import b64, upload_id_of
 from tests.support.tus import (
     COLLECTION,
     OFFSET_CT,
     TUS_VERSION,
     Completion,
     Tus,
-    b64,
     data_of,
     data_path,
     imf_fixdate,
     move_expiry,
     record_store,
     snapshot,
-    upload_id_of,
 )
 
 pytestmark = pytest.mark.django_db

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import random
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -20,19 +19,13 @@ import redis
 import requests
 from django.test import Client
 
-from tests.support.live import OFFSET_CT, auth, data_path, file_sha256, head_offset, record_of
+from tests.support.data import file_sha256, payload, sha256, upload_id_of
+from tests.support.live import OFFSET_CT, auth, data_path, head_offset, record_of
 from tests.support.live import data_of as live_data_of
-from tests.support.live import sha256 as sha256_hex
-from tests.support.live import upload_id_of as live_upload_id_of
 from tests.support.servers import GunicornServer
-from tests.support.tus import COLLECTION, Tus, data_of, file_size, imf_fixdate, record_key, snapshot, tus, upload_id_of
+from tests.support.tus import COLLECTION, Tus, data_of, file_size, imf_fixdate, record_key, snapshot, tus
 
 pytestmark = pytest.mark.django_db
-
-
-def payload(size: int, seed: int) -> bytes:
-    """Deterministic pseudo-random bytes."""
-    return random.Random(seed).randbytes(size)
 
 
 def field(client: redis.Redis, upload_id: str, name: str) -> str | None:
@@ -261,7 +254,7 @@ def test_creation_with_upload_stores_the_body(t: Tus, redis_client: redis.Redis)
 
 def test_creation_with_the_whole_upload_completes(t: Tus, redis_client: redis.Redis) -> None:
     """A POST carrying every byte completes the upload at once."""
-    data = payload(70_000, seed=1)
+    data = payload(70_000, seed=1, kind="random")
     response = t.create(len(data), body=data, HTTP_UPLOAD_METADATA="filename d2hvbGUuYmlu")
     assert response.status_code == 201
     assert response["Upload-Offset"] == str(len(data))
@@ -349,7 +342,7 @@ def test_creation_with_a_large_body_live(
 ) -> None:
     """A multi-MiB creation-with-upload body through gunicorn is stored whole (Content-Length or chunked)."""
     server = gunicorn_server
-    data = payload(3 * 1024 * 1024 + 4321, seed=2)
+    data = payload(3 * 1024 * 1024 + 4321, seed=2, kind="random")
     body: bytes | Iterator[bytes] = data
     if framing == "chunked":
         body = iter([data[i : i + 400_000] for i in range(0, len(data), 400_000)])
@@ -358,8 +351,8 @@ def test_creation_with_a_large_body_live(
     assert response.status_code == 201, response.text
     assert response.headers["Upload-Offset"] == str(len(data))
     url = response.headers["Location"]
-    upload_id = live_upload_id_of(url)
-    assert file_sha256(data_path(server, upload_id)) == sha256_hex(data)
+    upload_id = upload_id_of(url)
+    assert file_sha256(data_path(server, upload_id)) == sha256(data)
     assert head_offset(server, session, url) == len(data)
     assert record_of(server, upload_id)["offset"] == str(len(data))
 
@@ -369,11 +362,11 @@ def test_chunked_creation_body_longer_than_length_live(
 ) -> None:
     """A chunked creation body that runs past Upload-Length is refused and none of its bytes are stored."""
     server = gunicorn_server
-    data = payload(300_000, seed=3)
+    data = payload(300_000, seed=3, kind="random")
     headers = auth(session, **{"Content-Type": OFFSET_CT, "Upload-Length": "200000"})
     response = requests.post(server.files_url, data=iter([data[:150_000], data[150_000:]]), headers=headers, timeout=60)
     assert response.status_code == 413
     if "Location" in response.headers:
         url = response.headers["Location"]
-        assert live_data_of(server, live_upload_id_of(url)) == b""
+        assert live_data_of(server, upload_id_of(url)) == b""
         assert head_offset(server, session, url) == 0

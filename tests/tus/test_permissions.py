@@ -11,7 +11,8 @@ from django.conf import settings as django_settings
 from django.http import HttpRequest
 from django.test import Client
 
-from tests.support.tus import TUS_VERSION, Tus, data_of, snapshot, tus, upload_id_of
+from tests.support.data import upload_id_of
+from tests.support.tus import TUS_VERSION, Tus, data_of, snapshot, tus
 from tusbridge.record import UploadRecord
 
 pytestmark = pytest.mark.django_db

@@ -12,6 +12,7 @@ import pytest
 import redis
 from django.core.management import call_command
 
+from tests.support.data import upload_id_of
 from tests.support.together import run_threads
 from tests.support.tus import (
     COLLECTION,
@@ -24,7 +25,6 @@ from tests.support.tus import (
     move_expiry,
     record_key,
     record_store,
-    upload_id_of,
 )
 
 pytestmark = pytest.mark.django_db
