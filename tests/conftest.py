@@ -45,13 +45,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
+import redis
+import requests
+from django.test import Client
+
+from tusbridge.signals import upload_completed
 
 # Before the support modules are imported: their asserts explain a failure as a test's own do.
 pytest.register_assert_rewrite("tests.support")
-
-import redis  # noqa: E402
-import requests  # noqa: E402
-from django.test import Client  # noqa: E402
 
 from tests.support import fuzz  # noqa: E402
 from tests.support.servers import (  # noqa: E402
@@ -65,7 +66,6 @@ from tests.support.servers import (  # noqa: E402
     start_gunicorn,
 )
 from tests.support.tus import Completion, Tus, tus  # noqa: E402
-from tusbridge.signals import upload_completed  # noqa: E402
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import AbstractBaseUser
