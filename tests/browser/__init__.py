@@ -1,0 +1,1 @@
+"""The example project's pages in headless Chromium (Uppy, jQuery-File-Upload, the migration page)."""

@@ -1,0 +1,1 @@
+"""Fixtures of the core tests. None of their own yet: the shared ones are in ``tests/conftest.py``."""

@@ -1,0 +1,1 @@
+"""Property tests (hypothesis) and generated requests (schemathesis)."""

@@ -1,0 +1,1 @@
+"""The legacy django-chunked-upload protocol, in-process (Django test client)."""
