@@ -18,7 +18,7 @@ import pytest
 from django.conf import settings as django_settings
 from django.core.checks import Warning
 
-from tests.together import run_threads
+from tests.support.together import run_threads
 from tusbridge.data.base import Concatenator, DataStore, InfoKeeper, LocalFiles, Terminator
 from tusbridge.data.filesystem import FileSystemDataStore
 from tusbridge.data.memory import MemoryDataStore

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-PACKAGE = Path(__file__).resolve().parent.parent / "tusbridge"
+PACKAGE = Path(__file__).resolve().parents[2] / "tusbridge"
 
 CORE = (
     "tusbridge.service",

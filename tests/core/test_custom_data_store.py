@@ -1,6 +1,6 @@
 """A data store written outside tusbridge, named by TUSBRIDGE_DATA_STORE, serves both protocols.
 
-``tests.part_files_store.PartFilesDataStore`` keeps every write as a part file
+``tests.support.part_files_store.PartFilesDataStore`` keeps every write as a part file
 of its own and offers no local path, no record copies and no concatenation.
 Nothing else is configured: the service, tus and the legacy protocol must use
 it through the data store interface alone.
@@ -16,9 +16,10 @@ import pytest
 from django.core.files import File
 from django.test import Client
 
-from tests.legacy_helpers import complete, md5, payload, post_chunk
-from tests.part_files_store import PartFilesDataStore
-from tests.tus_helpers import OFFSET_CT, TUS_VERSION, upload_id_of
+from tests.support.data import md5, payload, upload_id_of
+from tests.support.legacy import complete, post_chunk
+from tests.support.part_files_store import PartFilesDataStore
+from tests.support.tus import OFFSET_CT, TUS_VERSION
 from tusbridge.service import get_service
 from tusbridge.signals import upload_completed
 
@@ -26,7 +27,7 @@ from tusbridge.signals import upload_completed
 @pytest.fixture(autouse=True)
 def part_files(settings: Any, tmp_path: Path) -> Path:
     directory = tmp_path / "parts"
-    settings.TUSBRIDGE_DATA_STORE = "tests.part_files_store.PartFilesDataStore"
+    settings.TUSBRIDGE_DATA_STORE = "tests.support.part_files_store.PartFilesDataStore"
     settings.TEST_PART_FILES_DIR = str(directory)
     return directory
 
