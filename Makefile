@@ -15,13 +15,14 @@ BENCH_ARGS ?=
 
 .DEFAULT_GOAL := help
 
-.PHONY: help venv js test test-fast soak demo bench clean
+.PHONY: help venv js test test-fast test-all soak demo bench clean
 
 help:
 	@echo "make venv       create .venv and install tusbridge with the dev extras"
 	@echo "make js         npm ci in example/: the browser clients of the example pages"
-	@echo "make test       run the suite on Django 4.2 and 5.2 (nox)"
-	@echo "make test-fast  run the suite once in .venv on its Django"
+	@echo "make test       the fast tier on every Django of the matrix, the whole suite on the newest (nox)"
+	@echo "make test-fast  the fast tier in .venv: in-process tests on the in-memory stores (about 30 s)"
+	@echo "make test-all   the whole suite once in .venv (real Redis, gunicorn, uvicorn, browsers)"
 	@echo "make soak       the long fault-injection runs (worker kills), excluded from make test"
 	@echo "make demo       run the example site with gunicorn on http://127.0.0.1:8000/"
 	@echo "make bench      benchmarks against peers and a ceiling -> benchmarks/REPORT.md (BENCH_ARGS=...)"
@@ -48,6 +49,9 @@ test: venv
 	$(VENV_BIN)/nox -r $(NOX_ARGS)
 
 test-fast: venv
+	TUSBRIDGE_TEST_STORES=memory $(VENV_BIN)/pytest $(PYTEST_ARGS)
+
+test-all: venv
 	$(VENV_BIN)/pytest $(PYTEST_ARGS)
 
 # Long fault-injection runs (tests marked `soak`, which `make test` leaves out).

@@ -39,6 +39,7 @@ Fixtures:
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Callable, Generator, Iterator, Mapping
 from pathlib import Path
@@ -49,6 +50,8 @@ import redis
 import requests
 from django.test import Client
 
+from tusbridge.data.memory import MemoryDataStore
+from tusbridge.records.memory import MemoryRecordStore
 from tusbridge.signals import upload_completed
 
 # Before the support modules are imported: their asserts explain a failure as a test's own do.
@@ -72,6 +75,15 @@ if TYPE_CHECKING:
     from pytest_django.fixtures import SettingsWrapper
 
 LIVE_FIXTURES = frozenset({"gunicorn_server", "gunicorn_factory"})
+
+# The fast tier (``TUSBRIDGE_TEST_STORES=memory``, ``make test-fast``): the in-process
+# tests on the in-memory stores. Tests that need a real part (Redis, files on disk, a
+# live server, a browser) are skipped there: by the fixtures they use, or marked
+# ``real_stores`` when they look at Redis or the upload directory themselves.
+MEMORY_STORES = os.environ.get("TUSBRIDGE_TEST_STORES", "") == "memory"
+REAL_FIXTURES = frozenset(
+    {"redis_server", "redis_client", "gunicorn_server", "gunicorn_factory", "session", "example_server", "browser"}
+)
 
 
 @pytest.fixture(scope="session")
@@ -108,15 +120,23 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
 
 @pytest.fixture(autouse=True)
 def tusbridge_settings(
-    settings: SettingsWrapper, redis_server: RedisServer, tmp_path: Path
+    settings: SettingsWrapper, request: pytest.FixtureRequest, tmp_path: Path
 ) -> Iterator[SettingsWrapper]:
-    """Point tusbridge at the private Redis with a fresh key prefix and upload dir."""
+    """Point tusbridge at the private Redis with a fresh key prefix and upload dir (or at empty memory stores)."""
     prefix = f"t-{uuid.uuid4().hex}"
     upload_dir = tmp_path / "uploads"
     upload_dir.mkdir()
-    settings.TUSBRIDGE_REDIS_URL = redis_server.url
     settings.TUSBRIDGE_KEY_PREFIX = prefix
     settings.TUSBRIDGE_UPLOAD_DIR = str(upload_dir)
+    if MEMORY_STORES:
+        settings.TUSBRIDGE_RECORD_STORE = "tusbridge.records.memory.MemoryRecordStore"
+        settings.TUSBRIDGE_DATA_STORE = "tusbridge.data.memory.MemoryDataStore"
+        MemoryRecordStore.from_settings().reset()
+        MemoryDataStore.from_settings().reset()
+        yield settings
+        return
+    redis_server: RedisServer = request.getfixturevalue("redis_server")
+    settings.TUSBRIDGE_REDIS_URL = redis_server.url
     yield settings
     # A test that simulated an outage must not leave later tests without Redis.
     if not redis_server.running:
@@ -247,10 +267,14 @@ _LOG_OFFSETS = pytest.StashKey[dict[int, int]]()
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Mark every test that uses a live gunicorn fixture with ``live``."""
+    """Mark every test that uses a live gunicorn fixture with ``live``; in the fast tier, skip what needs real parts."""
+    skip = pytest.mark.skip(reason="needs real stores (TUSBRIDGE_TEST_STORES=memory runs the fast tier)")
     for item in items:
-        if LIVE_FIXTURES & set(getattr(item, "fixturenames", ())):
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if LIVE_FIXTURES & fixtures:
             item.add_marker(pytest.mark.live)
+        if MEMORY_STORES and (REAL_FIXTURES & fixtures or item.get_closest_marker("real_stores")):
+            item.add_marker(skip)
 
 
 @pytest.hookimpl(tryfirst=True)  # before fixtures (and new servers) are set up

@@ -16,6 +16,8 @@ from django.core.management.base import SystemCheckError
 from tests.support.servers import free_port
 from tusbridge.checks import check_settings
 
+pytestmark = pytest.mark.real_stores  # the Redis and filesystem stores' own checks
+
 
 def ids(messages: list[Any]) -> set[str]:
     return {m.id for m in messages}

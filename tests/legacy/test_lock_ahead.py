@@ -33,6 +33,7 @@ from tusbridge.records.redis import RedisRecordStore
 from tusbridge.service import get_service
 
 pytestmark = [
+    pytest.mark.real_stores,  # watches the Redis store and the filesystem writer
     pytest.mark.django_db,
     pytest.mark.urls("tests.legacy_urls"),
     pytest.mark.skipif(not md5state.available(), reason="libcrypto's MD5 state functions are not available"),

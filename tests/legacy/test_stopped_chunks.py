@@ -25,6 +25,7 @@ from tusbridge.service import get_service
 pytestmark = [pytest.mark.django_db, pytest.mark.urls("tests.legacy_urls")]
 
 
+@pytest.mark.real_stores  # looks at the files in the upload directory
 def test_a_stopped_chunk_is_answered_and_its_body_is_not_parsed_again(
     client_logged_in: Client, monkeypatch: pytest.MonkeyPatch
 ) -> None:

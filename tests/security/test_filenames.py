@@ -102,6 +102,7 @@ def assert_safely_stored(storage: FileSystemStorage, tmp_path: Path, upload_id: 
 
 
 @pytest.mark.parametrize("name", list(HOSTILE.values()), ids=list(HOSTILE))
+@pytest.mark.real_stores  # looks at the files in the upload directory
 def test_tus_filename_metadata(client_logged_in: Client, storage: FileSystemStorage, tmp_path: Path, name: str) -> None:
     t: Tus = tus(client_logged_in)
     encoded = base64.b64encode(name.encode("utf-8", "surrogatepass")).decode()
@@ -131,6 +132,7 @@ LEGACY_HOSTILE = {k: v for k, v in HOSTILE.items() if "\r" not in v and "\n" not
 
 
 @pytest.mark.parametrize("name", list(LEGACY_HOSTILE.values()), ids=list(LEGACY_HOSTILE))
+@pytest.mark.real_stores  # looks at the files in the upload directory
 def test_legacy_multipart_filename(
     client_logged_in: Client, storage: FileSystemStorage, tmp_path: Path, name: str
 ) -> None:

@@ -8,7 +8,6 @@ these (``t``, ``redis_client``, ``completions``, ``other_client``) are in
 
 from __future__ import annotations
 
-import os
 import re
 import time
 from dataclasses import dataclass, field
@@ -21,8 +20,11 @@ from django.http import HttpResponse
 from django.test import Client
 from django.utils.http import parse_http_date
 
+from tusbridge.data import InfoKeeper
+from tusbridge.data.filesystem import FileSystemDataStore
 from tusbridge.record import UploadRecord, new_upload_id
 from tusbridge.records.redis import RedisRecordStore
+from tusbridge.service import get_service
 
 TUS_VERSION = "1.0.0"
 OFFSET_CT = "application/offset+octet-stream"
@@ -63,9 +65,12 @@ def data_path(upload_id: str) -> Path:
 
 
 def data_of(upload_id: str) -> bytes | None:
-    """The stored bytes of an upload, or None when its data file does not exist."""
-    path = data_path(upload_id)
-    return path.read_bytes() if path.exists() else None
+    """The stored bytes of an upload, or None when it has no data (read through the configured data store)."""
+    data = get_service().data
+    if data.size(upload_id) is None:
+        return None
+    with data.open(upload_id) as fh:
+        return fh.read()
 
 
 def prefix() -> str:
@@ -243,12 +248,18 @@ class Completion:
 
 
 def file_size(upload_id: str) -> int | None:
-    path = data_path(upload_id)
-    return os.stat(path).st_size if path.exists() else None
+    return get_service().data.size(upload_id)
 
 
 def leftovers(upload_id: str) -> list[str]:
-    """Every file in the upload directory that belongs to ``upload_id`` (data and side files)."""
+    """What the data store keeps of ``upload_id``: every file of it in the upload directory
+    (data and side files), or in another store its data and its record copy."""
+    data = get_service().data
+    if not isinstance(data, FileSystemDataStore):
+        kept = [upload_id] if data.size(upload_id) is not None else []
+        if isinstance(data, InfoKeeper) and data.read_info(upload_id) is not None:
+            kept.append(f"{upload_id}.info")
+        return kept
     directory = upload_dir()
     if not directory.exists():
         return []

@@ -462,6 +462,7 @@ def test_malformed_upload_concat_is_400_and_creates_nothing(t: Tus, redis_client
 MIB = 1024 * 1024
 
 
+@pytest.mark.real_stores  # looks at the files in the upload directory
 def test_concatenation_uses_copy_file_range(t: Tus, monkeypatch: pytest.MonkeyPatch) -> None:
     """Multi-MiB partials are joined with os.copy_file_range (in the kernel), byte-exact."""
     calls: list[int] = []
@@ -489,6 +490,7 @@ def test_concatenation_uses_copy_file_range(t: Tus, monkeypatch: pytest.MonkeyPa
     assert sum(calls) == len(expected)  # every byte went through copy_file_range
 
 
+@pytest.mark.real_stores  # looks at the files in the upload directory
 def test_concatenation_falls_back_to_sendfile(t: Tus, monkeypatch: pytest.MonkeyPatch) -> None:
     """Where copy_file_range is refused (EXDEV), sendfile still copies in the kernel, byte-exact."""
     sent: list[int] = []

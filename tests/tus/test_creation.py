@@ -422,6 +422,7 @@ def test_refused_patch_at_the_wrong_offset_does_not_fix_the_length(t: Tus, redis
     assert snapshot(redis_client).keys == before.keys
 
 
+@pytest.mark.real_stores  # looks at the files in the upload directory
 def test_deferred_creation_leaves_the_data_file_empty(t: Tus) -> None:
     url = t.new_upload(None)
     assert data_path(upload_id_of(url)).stat().st_size == 0
