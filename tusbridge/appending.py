@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
-from . import errors
+from . import errors, shutdown
 from .data import DataStore, InfoKeeper, Terminator, Writer
 from .locking import HeldLock, KeptLock, LockKeeper, Tracker, hooks, release_tracked
 from .offload import run_blocking
@@ -74,6 +74,11 @@ class WriteLimits:
     read_size: int
     # Seconds a body may stay silent before the client counts as gone.
     idle_timeout: float
+    # A body that streams in counts its bytes (advances the offset) at least
+    # this often, and after this many bytes, so that a killed request loses
+    # at most that much (see ``AppendSession.count_progress``).
+    progress_interval: float = 1.0
+    progress_bytes: int = 8 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -84,6 +89,9 @@ class WriteRules:
     auto_complete: bool = True
     # Every write restarts the expiry delay (tus); else the upload expires a fixed time after creation (legacy).
     slide_expiry: bool = True
+    # A body read without a checksum counts its bytes while it streams (tus); else a
+    # request's bytes count all together or not at all (legacy chunks).
+    count_while_streaming: bool = True
 
 
 TUS_RULES = WriteRules()
@@ -173,6 +181,9 @@ class AppendSession:
         self._open = True
         self._created = False
         self._committed = False
+        # Bytes of this request already counted by ``count_progress``, and when it last counted.
+        self._counted = 0
+        self._counted_at = time.monotonic()
 
     @property
     def upload_id(self) -> str:
@@ -180,6 +191,12 @@ class AppendSession:
 
     @property
     def written(self) -> int:
+        """Bytes of this request stored so far, counted or not."""
+        return self._counted + self.writer.written
+
+    @property
+    def uncounted(self) -> int:
+        """Bytes stored since the offset last moved: what ``abort`` cuts off."""
         return self.writer.written
 
     @property
@@ -190,17 +207,21 @@ class AppendSession:
         if length is None:
             length = self.max_length
         if length is not None:
-            return length - record.offset - self.written
+            return length - record.offset - self.uncounted
         return None
 
     def read_back(self, size: int = 1024 * 1024) -> Iterator[bytes]:
-        """The bytes written so far (for a caller that must move them to another upload)."""
-        remaining = self.written
+        """The bytes written since the offset last moved (for a caller that must move them to another upload)."""
+        remaining = self.uncounted
         with self.data.open(self.record.id) as fh:
             fh.seek(self.record.offset)
             while remaining > 0 and (piece := fh.read(min(size, remaining))):
                 remaining -= len(piece)
                 yield piece
+
+    def must_stop(self) -> bool:
+        """Whether the body should stop here: another request wants the upload, or the process is stopping."""
+        return self.lock.release_requested() or shutdown.stopping()
 
     def write(self, data: bytes | memoryview) -> None:
         """Store bytes at the session's end."""
@@ -213,8 +234,9 @@ class AppendSession:
         """Copy a stream in bounded pieces; return (overflowed, interrupted).
 
         Stops early, keeping what it stored, when another request asks for
-        the upload, when the client goes away, or when a stream that reads
-        with a timeout (see ``tus.body``) stays silent for the idle timeout.
+        the upload, when the process is stopping (``shutdown``), when the
+        client goes away, or when a stream that reads with a timeout (see
+        ``tus.body``) stays silent for the idle timeout.
         """
         read_size, idle_timeout = self.limits.read_size, self.limits.idle_timeout
         idle_since: float | None = None
@@ -224,7 +246,7 @@ class AppendSession:
         readinto = getattr(stream, "readinto", None)
         buffer = memoryview(bytearray(min(read_size, FIRST_BUFFER))) if readinto is not None else None
         while True:
-            if self.lock.release_requested():
+            if self.must_stop():
                 self._store_buffered(stream, digest)
                 return False, True
             room = self.room
@@ -244,6 +266,7 @@ class AppendSession:
                     self._store_buffered(stream, digest)
                     return False, True
                 self.lock.keep_alive()
+                self._count_if_due(digest, silent=True)
                 continue
             except OSError:
                 # The client went away (reset, truncated body).
@@ -253,9 +276,7 @@ class AppendSession:
                 return bool(piece), False
             if not piece:
                 return False, False
-            self.write(piece)
-            if digest is not None:
-                digest.update(piece)
+            self._store(piece, digest)
             if buffer is not None and len(piece) == len(buffer) < read_size:
                 buffer = memoryview(bytearray(min(read_size, 4 * len(buffer))))
 
@@ -282,7 +303,7 @@ class AppendSession:
         idle_since: float | None = None
         flushed_at = time.monotonic()
         while True:
-            if self.lock.release_requested():
+            if self.must_stop():
                 return False, True
             room = self.room
             want = read_size if room is None else min(read_size, room - len(pending))
@@ -296,6 +317,8 @@ class AppendSession:
                     return False, True
                 if pending:
                     flushed_at = await self._flush(pending, digest)
+                if self.uncounted and digest is None:
+                    await run_blocking(self._count_if_due, digest, silent=True)
                 elif self.lock.needs_renewal():
                     await run_blocking(self.lock.keep_alive)
                 continue
@@ -317,10 +340,60 @@ class AppendSession:
         await run_blocking(self._store, data, digest)
         return time.monotonic()
 
-    def _store(self, data: bytes, digest: Digest | None) -> None:
+    def _store(self, data: bytes | memoryview, digest: Digest | None) -> None:
         self.write(data)
         if digest is not None:
             digest.update(data)
+        self._count_if_due(digest)
+
+    def _count_if_due(self, digest: Digest | None, *, silent: bool = False) -> None:
+        """Count the bytes so far when the interval or the byte budget has passed (only without a checksum)."""
+        if digest is not None or not self.rules.count_while_streaming or self.new or not self.uncounted:
+            return
+        due = time.monotonic() - self._counted_at >= self.limits.progress_interval
+        if silent or due or self.uncounted >= self.limits.progress_bytes:
+            self.count_progress()
+
+    def count_progress(self) -> None:
+        """Advance the offset over the bytes written so far, keeping the lock, while the body goes on.
+
+        A request killed after this loses only what follows. The write that
+        reaches the upload's length is left to ``commit``, which completes
+        the upload. A refused advance raises, as in ``commit``; the bytes
+        since the last count are then cut off by ``abort``.
+        """
+        record = self.record
+        new_offset = record.offset + self.uncounted
+        length = record.length if self.new_length is None else self.new_length
+        if length is not None and new_offset >= length:
+            return
+        self.writer.sync()
+        now = time.time()
+        sent_at = time.monotonic()
+        result = self.records.advance(
+            record.id,
+            expected=record.offset,
+            new=new_offset,
+            lock_token=self.lock.token,
+            now=now,
+            expires_at=now + self.limits.expiry if self.rules.slide_expiry else None,
+            auto_complete=False,
+            keep_lock_for=self.lock.ttl,
+        )
+        if not result.ok:
+            raise advance_error(result)
+        self.lock.renewed(sent_at)
+        if result.release_wanted:
+            self.lock.release_wanted()
+        self._counted += self.uncounted
+        self._counted_at = time.monotonic()
+        record.offset = result.offset
+        record.updated_at = now
+        if self.rules.slide_expiry:
+            record.expires_at = now + self.limits.expiry
+        # What is counted stays: the next abort cuts back to here.
+        self.writer.close()
+        self.writer = self.data.writer(record.id, record.offset)
 
     def _store_buffered(self, stream: Readable, digest: Digest | None) -> None:
         """Before stopping early, write what the server received but no read returned yet."""
@@ -365,7 +438,7 @@ class AppendSession:
         except BaseException:
             self.abort()
             raise
-        new_offset = record.offset + self.written
+        new_offset = record.offset + self.uncounted
         length = record.length if self.new_length is None else self.new_length
         completes = self.rules.auto_complete and length is not None and new_offset == length
         keep_lock = keep_lock and not completes
@@ -441,8 +514,8 @@ class AppendSession:
                     self.data.remove(self.record.id)
                 if self._created:
                     self.records.delete(self.record.id)
-                if self.record.owner:
-                    self.records.unreserve(self.record.owner, self.record.id)
+                if self.record.quota_key:
+                    self.records.unreserve(self.record.quota_key, self.record.id)
             else:
                 self.writer.rollback()
         except OSError as exc:

@@ -49,7 +49,7 @@ def _check_numbers() -> list[CheckMessage]:
             messages.append(
                 Error(f"TUSBRIDGE_{name} must be a positive timedelta or number of seconds.", id="tusbridge.E004")
             )
-    for name in ("LOCK_TTL", "LOCK_WAIT", "REDIS_TIMEOUT"):
+    for name in ("LOCK_TTL", "LOCK_WAIT", "REDIS_TIMEOUT", "PROGRESS_INTERVAL"):
         value = conf.get(name)
         if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
             messages.append(Error(f"TUSBRIDGE_{name} must be a positive number of seconds.", id="tusbridge.E005"))
@@ -59,6 +59,9 @@ def _check_numbers() -> list[CheckMessage]:
     threads = conf.get("ASYNC_THREADS")
     if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
         messages.append(Error("TUSBRIDGE_ASYNC_THREADS must be a positive integer.", id="tusbridge.E012"))
+    progress_bytes = conf.get("PROGRESS_BYTES")
+    if not isinstance(progress_bytes, int) or isinstance(progress_bytes, bool) or progress_bytes < 65536:
+        messages.append(Error("TUSBRIDGE_PROGRESS_BYTES must be an integer of at least 65536.", id="tusbridge.E015"))
     read_size = conf.get("READ_SIZE")
     if not isinstance(read_size, int) or not 4096 <= read_size <= 1024 * 1024:
         messages.append(Error("TUSBRIDGE_READ_SIZE must be an integer from 4096 to 1048576.", id="tusbridge.E006"))

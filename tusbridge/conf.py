@@ -37,6 +37,14 @@ DEFAULTS: dict[str, Any] = {
     # Per logged-in user: uploads in progress at once, and their total length (0 = no limit).
     "MAX_UPLOADS_PER_USER": 0,
     "MAX_BYTES_PER_USER": 0,
+    # Per client address, for uploads without a logged-in user: uploads in
+    # progress at once, their total length, and creations per minute (0 = no limit).
+    "MAX_UPLOADS_PER_ADDRESS": 20,
+    "MAX_BYTES_PER_ADDRESS": 10 * 1024**3,
+    "CREATIONS_PER_MINUTE": 60,
+    # Proxies in front of the server that append the client's address to
+    # X-Forwarded-For; 0 takes the address of the connection (REMOTE_ADDR).
+    "TRUSTED_PROXY_COUNT": 0,
     # How long an unfinished upload may sit idle before it expires.
     "EXPIRY": timedelta(days=1),
     # How long an expired or terminated upload answers 410 before it is forgotten.
@@ -59,6 +67,11 @@ DEFAULTS: dict[str, Any] = {
     "IDLE_TIMEOUT": 60.0,
     # Seconds between checks for release requests while a body is silent.
     "POLL_INTERVAL": 0.25,
+    # A tus PATCH without Upload-Checksum counts its bytes while its body
+    # streams, at least this often (seconds) and after this many bytes, so a
+    # worker killed mid-PATCH loses at most that much.
+    "PROGRESS_INTERVAL": 1.0,
+    "PROGRESS_BYTES": 8 * 1024 * 1024,
     # fsync the data file before the offset is advanced (durable, slower).
     "FSYNC": False,
     # Origins whose pages may use the tus endpoint ("*" for any), when

@@ -103,9 +103,14 @@ class ChecksumMismatch(UploadError):
 
 
 class QuotaExceeded(UploadError):
-    """The owner has too many uploads, or too many bytes, in progress."""
+    """The owner (or the anonymous client's address) has too many uploads or bytes in progress, or created too many."""
 
     message = "Too many uploads in progress; finish or delete some first"
+
+    def __init__(self, message: str | None = None, retry_after: int = 60) -> None:
+        super().__init__(message)
+        # Seconds after which trying again may succeed.
+        self.retry_after = retry_after
 
 
 class StoreUnavailable(UploadError):

@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import os
 import secrets
+import weakref
 
 
 @functools.cache
@@ -37,6 +38,55 @@ def new_token() -> str:
     if not namespace:
         return random_part
     return f"{namespace}:{os.getpid()}:{random_part}"
+
+
+class LiveLocks:
+    """The lock tokens that requests of this process hold now.
+
+    A token made here that is not among them belongs to a request that has
+    ended: its release did not reach the record store (it was down), or the
+    store lost the release (a restart from an append-only file that missed
+    its last second). Such a lock may be removed at once, by this process or
+    when another process asks for it. A holder that is dropped without
+    letting go (a request abandoned by its server) leaves the set with it.
+    """
+
+    def __init__(self) -> None:
+        self._holders: weakref.WeakValueDictionary[str, object] = weakref.WeakValueDictionary()
+        self._pinned: set[str] = set()
+
+    def add(self, token: str, holder: object) -> None:
+        """``token`` is live while ``holder`` exists (and until ``discard``)."""
+        self._holders[token] = holder
+
+    def pin(self, token: str) -> None:
+        """``token`` is live until ``discard`` (a caller that holds only the token)."""
+        self._pinned.add(token)
+
+    def discard(self, token: str) -> None:
+        self._holders.pop(token, None)
+        self._pinned.discard(token)
+
+    def __contains__(self, token: object) -> bool:
+        return token in self._holders or token in self._pinned
+
+    def __len__(self) -> int:
+        return len(self._holders) + len(self._pinned)
+
+
+live_locks = LiveLocks()
+
+
+def made_here(token: str) -> bool:
+    """Whether ``token`` was made by this process."""
+    namespace, _, rest = token.partition(":")
+    pid_text, _, _ = rest.partition(":")
+    return bool(namespace) and namespace == _namespace() and pid_text == str(os.getpid())
+
+
+def holder_has_ended(token: str) -> bool:
+    """True when ``token`` was made here and no request of this process holds it any more."""
+    return made_here(token) and token not in live_locks
 
 
 def holder_is_gone(token: str) -> bool:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from . import errors
-from .holders import holder_is_gone
+from .holders import holder_has_ended, holder_is_gone, live_locks
 from .record import UploadRecord
 from .records import RecordStore
 from .records.base import LockAttempt, ReleaseListener
@@ -127,6 +127,8 @@ class HeldLock:
         self.ttl = ttl
         self._renewed = time.monotonic() if requested_at is None else requested_at
         self._listener: ReleaseListener | None = None
+        self._wanted = False
+        live_locks.add(token, self)
 
     def needs_renewal(self) -> bool:
         """Whether ``keep_alive`` would ask the store (a third of the TTL has passed)."""
@@ -159,8 +161,14 @@ class HeldLock:
         """Seconds the lock surely stays ours without a renewal (its TTL runs from the last request sent)."""
         return self._renewed + self.ttl - time.monotonic()
 
+    def release_wanted(self) -> None:
+        """The store said another request asked for the upload (an advance that kept the lock)."""
+        self._wanted = True
+
     def release_requested(self) -> bool:
         """True when another request asked for the upload (a client that reconnected)."""
+        if self._wanted:
+            return True
         if self._listener is None:
             # Watching costs no round trip: the process's one subscription hears every release request.
             self._listener = self.records.listen_for_release(self.upload_id)
@@ -168,6 +176,7 @@ class HeldLock:
 
     def released_by_store(self) -> None:
         """The store let go of the lock itself (an advance that released it)."""
+        live_locks.discard(self.token)
         self.token = ""
         self.release()
 
@@ -181,6 +190,9 @@ class HeldLock:
             self._listener.close()
             self._listener = None
         if self.token:
+            # Not held by a request any more, whatever the store answers: a release
+            # that fails leaves a lock that this process removes when asked for it.
+            live_locks.discard(self.token)
             if fields is None:
                 self.records.release_lock(self.upload_id, self.token)
             else:
@@ -258,6 +270,11 @@ def _ask_holder(records: RecordStore, upload_id: str, wait: float, deadline: flo
         if holder is not None and holder_is_gone(holder):
             # Its process died holding it (killed worker): nobody will release it before the TTL.
             logger.warning("tusbridge: upload %s was locked by a process that is gone; lock removed", upload_id)
+            records.release_lock(upload_id, holder)
+            return now
+        if holder is not None and holder_has_ended(holder):
+            # A request of this process held it and has ended without its release reaching the store.
+            logger.warning("tusbridge: upload %s was locked by a request that has ended; lock removed", upload_id)
             records.release_lock(upload_id, holder)
             return now
         records.request_release(upload_id)

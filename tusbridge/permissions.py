@@ -16,6 +16,21 @@ def owner_of(request: HttpRequest) -> str:
     return ""
 
 
+def client_address(request: HttpRequest) -> str:
+    """The client's address: the connection's, or as the trusted proxies in front recorded it.
+
+    With TUSBRIDGE_TRUSTED_PROXY_COUNT = n, the n-th address from the right of
+    X-Forwarded-For is the one the outermost trusted proxy saw; anything left
+    of it was written by the client and is not believed.
+    """
+    proxies = int(conf.get("TRUSTED_PROXY_COUNT") or 0)
+    if proxies > 0:
+        hops = [hop.strip() for hop in request.META.get("HTTP_X_FORWARDED_FOR", "").split(",") if hop.strip()]
+        if len(hops) >= proxies:
+            return hops[-proxies]
+    return str(request.META.get("REMOTE_ADDR", ""))
+
+
 def default_permission(request: HttpRequest, action: str, upload: UploadRecord | None) -> bool:
     """Logged-in users may upload; anonymous requests only with TUSBRIDGE_ALLOW_ANONYMOUS.
 

@@ -62,10 +62,19 @@ class UploadRecord:
     stored_name: str = ""
     # Protocol-specific attributes (e.g. the legacy view's extra attrs).
     extra: dict[str, Any] = field(default_factory=dict)
+    # The client's address, for an upload without a logged-in owner: its limits are that address's.
+    client: str = ""
     # Saved MD5 state (hex) of the first ``md5_offset`` bytes; current only
     # while md5_offset == offset (see chunked_upload.md5).
     md5_state: str = ""
     md5_offset: int = -1
+
+    @property
+    def quota_key(self) -> str:
+        """Whose limits the upload counts against: its owner, or its client's address ("" for neither)."""
+        if self.owner:
+            return self.owner
+        return f"@{self.client}" if self.client else ""
 
     @property
     def deferred(self) -> bool:

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import errno
 import logging
+import math
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from django.core.files import File
@@ -52,6 +53,25 @@ logger = logging.getLogger("tusbridge")
 Target = tuple[Storage, str]
 
 
+@dataclass(frozen=True)
+class Quotas:
+    """Limits on uploads in progress (0 = none): per logged-in owner, and per client address for anonymous ones."""
+
+    uploads_per_user: int = 0
+    bytes_per_user: int = 0
+    uploads_per_address: int = 0
+    bytes_per_address: int = 0
+    creations_per_minute: int = 0
+
+    def for_record(self, record: UploadRecord) -> tuple[int, int]:
+        """(uploads, bytes) that ``record``'s owner or client may have in progress."""
+        if record.owner:
+            return self.uploads_per_user, self.bytes_per_user
+        if record.client:
+            return self.uploads_per_address, self.bytes_per_address
+        return 0, 0
+
+
 class UploadService:
     def __init__(
         self,
@@ -65,8 +85,9 @@ class UploadService:
         lock_wait: float = 5.0,
         read_size: int = 1024 * 1024,
         idle_timeout: float = 60.0,
-        max_uploads_per_user: int = 0,
-        max_bytes_per_user: int = 0,
+        quotas: Quotas | None = None,
+        progress_interval: float = 1.0,
+        progress_bytes: int = 8 * 1024 * 1024,
     ) -> None:
         self.records = records
         self.data = data
@@ -77,9 +98,14 @@ class UploadService:
         self.lock_wait = lock_wait
         self.read_size = read_size
         self.idle_timeout = idle_timeout
-        self.max_uploads_per_user = max_uploads_per_user
-        self.max_bytes_per_user = max_bytes_per_user
-        self.limits = WriteLimits(expiry=expiry, read_size=read_size, idle_timeout=idle_timeout)
+        self.quotas = quotas or Quotas()
+        self.limits = WriteLimits(
+            expiry=expiry,
+            read_size=read_size,
+            idle_timeout=idle_timeout,
+            progress_interval=progress_interval,
+            progress_bytes=progress_bytes,
+        )
 
     @property
     def can_terminate(self) -> bool:
@@ -215,30 +241,38 @@ class UploadService:
         return self._session(record, lock, writer, rules=rules, new=True, tracker=tracker)
 
     def reserve(self, record: UploadRecord) -> None:
-        """Count a new upload against its owner's limits (logged-in owners only)."""
-        if not record.owner or not (self.max_uploads_per_user or self.max_bytes_per_user):
+        """Count a new upload against its owner's limits, or for an anonymous one its client address's.
+
+        An anonymous client also has a creation rate; a refusal says when to try again.
+        """
+        quotas = self.quotas
+        if not record.owner and record.client and quotas.creations_per_minute:
+            # Counted when a creation is stored (``count_creation``): a refused one costs nothing.
+            count, reset_in = self.records.counted_events(_creations_key(record))
+            if count >= quotas.creations_per_minute:
+                raise errors.QuotaExceeded(
+                    f"More than {quotas.creations_per_minute} uploads created from your address in a minute",
+                    retry_after=max(1, math.ceil(reset_in)),
+                )
+        max_uploads, max_bytes = quotas.for_record(record)
+        if not record.quota_key or not (max_uploads or max_bytes):
             return
         verdict = self.records.reserve(
-            record.owner,
-            record.id,
-            self.reserved_length(record),
-            max_uploads=self.max_uploads_per_user,
-            max_bytes=self.max_bytes_per_user,
+            record.quota_key, record.id, self.reserved_length(record), max_uploads=max_uploads, max_bytes=max_bytes
         )
+        whose = "Your" if record.owner else "Your address's"
         if verdict == "uploads":
             raise errors.QuotaExceeded(
-                f"You have {self.max_uploads_per_user} uploads in progress already; finish or delete one first"
+                f"{whose} {max_uploads} uploads in progress are the most at once; finish or delete one first"
             )
         if verdict == "bytes":
             raise errors.QuotaExceeded(
-                f"Your uploads in progress would exceed {self.max_bytes_per_user} bytes; finish or delete some first"
+                f"{whose} uploads in progress would exceed {max_bytes} bytes; finish or delete some first"
             )
 
     def deferred_limit(self, record: UploadRecord) -> int | None:
         """The most a deferred-length upload may grow to: TUSBRIDGE_MAX_SIZE, and its owner's byte budget."""
-        limits = [self.max_size]
-        if record.owner:
-            limits.append(self.max_bytes_per_user)
+        limits = [self.max_size, self.quotas.for_record(record)[1]]
         limits = [n for n in limits if n]
         return min(limits) if limits else None
 
@@ -249,13 +283,19 @@ class UploadService:
         return self.deferred_limit(record) or 0
 
     def unreserve(self, record: UploadRecord) -> None:
-        if record.owner:
-            self.records.unreserve(record.owner, record.id)
+        if record.quota_key:
+            self.records.unreserve(record.quota_key, record.id)
 
     def store_new(self, record: UploadRecord) -> None:
         """Store a new record, and its copy beside the data (see InfoKeeper)."""
         self.records.create(record)
         self.keep_info(record)
+        self.count_creation(record)
+
+    def count_creation(self, record: UploadRecord) -> None:
+        """Count a stored anonymous creation against its address's rate."""
+        if not record.owner and record.client and self.quotas.creations_per_minute:
+            self.records.count_event(_creations_key(record), 60.0)
 
     def undo_creation(self, record: UploadRecord) -> None:
         """Remove what a failed creation made, step by step, each step whatever the others do."""
@@ -358,6 +398,8 @@ class UploadService:
         """Commit a session's bytes, then do what follows: count a length it set, finish a completed upload."""
         try:
             result = session.commit(interrupted=interrupted, keep_lock=keep_lock)
+            if session.new:
+                self.count_creation(result.record)
             if result.length_set:
                 self.length_fixed(result.record)
             if result.completed:
@@ -395,6 +437,9 @@ class UploadService:
                 overflow, interrupted = session.pump(stream, digest)
             except OSError as exc:
                 raise self.write_failed(session, digest, exc) from exc
+            except BaseException as exc:
+                self.torn_down(session, digest, exc)
+                raise
             return self.end_append(session, content_length, digest, overflow=overflow, interrupted=interrupted)
         finally:
             session.abort()
@@ -424,6 +469,9 @@ class UploadService:
                 overflow, interrupted = await session.pump_async(body, digest, poll_interval=poll_interval)
             except OSError as exc:
                 raise await run_blocking(self.write_failed, session, digest, exc) from exc
+            except BaseException as exc:
+                await run_blocking(self.torn_down, session, digest, exc)
+                raise
             return await run_blocking(
                 self.end_append, session, content_length, digest, overflow=overflow, interrupted=interrupted
             )
@@ -444,6 +492,20 @@ class UploadService:
         if digest is None and session.written:
             self.commit(session, interrupted=True)
         return self._storage_error(exc)
+
+    def torn_down(self, session: AppendSession, digest: Digest | None, exc: BaseException) -> None:
+        """The server tears the request down (a worker's graceful timeout, a cancelled task): count what was written.
+
+        Only for what is not an ``Exception`` (GreenletExit, CancelledError,
+        SystemExit): errors keep their own handling. A checksummed body
+        cannot count in part; a failure to count leaves the bytes to ``abort``.
+        """
+        if isinstance(exc, Exception) or digest is not None or not session.uncounted:
+            return
+        try:
+            self.commit(session, interrupted=True)
+        except Exception as failure:
+            logger.warning("tusbridge: upload %s left without counting: %s", session.upload_id, failure)
 
     def end_append(
         self,
@@ -770,8 +832,8 @@ class UploadService:
 
     def reserve_rebuilt(self, record: UploadRecord) -> None:
         """Count a rebuilt upload against its owner's limits without refusing it."""
-        if record.owner and (self.max_uploads_per_user or self.max_bytes_per_user):
-            self.records.reserve(record.owner, record.id, self.reserved_length(record), max_uploads=0, max_bytes=0)
+        if record.quota_key and any(self.quotas.for_record(record)):
+            self.records.reserve(record.quota_key, record.id, self.reserved_length(record), max_uploads=0, max_bytes=0)
 
     def _sweep_orphans(self, now: float) -> int:
         """Delete data that no record or record copy claims and that is older than the expiry delay.
@@ -806,6 +868,10 @@ class UploadService:
 _services: dict[str, UploadService] = {}
 
 
+def _creations_key(record: UploadRecord) -> str:
+    return f"creations@{record.client}"
+
+
 def get_service() -> UploadService:
     """The service as the current settings describe it.
 
@@ -836,6 +902,13 @@ def _build_service() -> UploadService:
         lock_wait=float(conf.get("LOCK_WAIT")),
         read_size=int(conf.get("READ_SIZE")),
         idle_timeout=conf.seconds(conf.get("IDLE_TIMEOUT")),
-        max_uploads_per_user=int(conf.get("MAX_UPLOADS_PER_USER") or 0),
-        max_bytes_per_user=int(conf.get("MAX_BYTES_PER_USER") or 0),
+        quotas=Quotas(
+            uploads_per_user=int(conf.get("MAX_UPLOADS_PER_USER") or 0),
+            bytes_per_user=int(conf.get("MAX_BYTES_PER_USER") or 0),
+            uploads_per_address=int(conf.get("MAX_UPLOADS_PER_ADDRESS") or 0),
+            bytes_per_address=int(conf.get("MAX_BYTES_PER_ADDRESS") or 0),
+            creations_per_minute=int(conf.get("CREATIONS_PER_MINUTE") or 0),
+        ),
+        progress_interval=float(conf.get("PROGRESS_INTERVAL")),
+        progress_bytes=int(conf.get("PROGRESS_BYTES")),
     )

@@ -85,6 +85,10 @@ def gunicorn_extra_env() -> dict[str, str]:
         "TUSBRIDGE_TEST_MAX_SIZE": str(MAX_SIZE),
         # Generated requests never overlap, but do not let one wait long if they did.
         "TUSBRIDGE_TEST_LOCK_WAIT": "1",
+        # Every generated request comes from one address: no per-address limits.
+        "TUSBRIDGE_TEST_MAX_UPLOADS_PER_ADDRESS": "0",
+        "TUSBRIDGE_TEST_MAX_BYTES_PER_ADDRESS": "0",
+        "TUSBRIDGE_TEST_CREATIONS_PER_MINUTE": "0",
     }
 
 

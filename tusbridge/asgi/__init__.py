@@ -29,6 +29,7 @@ from django.core.handlers.asgi import ASGIHandler
 from django.http import HttpRequest
 from django.urls import Resolver404, ResolverMatch, get_resolver
 
+from .. import shutdown
 from .body import ASGIBody
 
 __all__ = ["ASGIBody", "UploadASGIHandler", "get_asgi_application"]
@@ -48,7 +49,13 @@ def get_asgi_application() -> UploadASGIHandler:
 class UploadASGIHandler(ASGIHandler):
     """Django's ASGI handler, streaming the bodies of tusbridge's upload requests to their view."""
 
+    _signals_chained = False
+
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if not self._signals_chained:
+            # By now the server has its own stop handlers: uploads in flight stop with it.
+            shutdown.on_signals()
+            self._signals_chained = True
         if scope["type"] != "http" or not _streams(scope):
             await super().__call__(scope, receive, send)
             return

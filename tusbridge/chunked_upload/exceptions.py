@@ -6,7 +6,12 @@ from typing import Any
 
 
 class ChunkedUploadError(Exception):
-    """``ChunkedUploadError(status, detail=..., **more)`` becomes the response ``{detail, **more}``."""
+    """``ChunkedUploadError(status, detail=..., **more)`` becomes the response ``{detail, **more}``.
+
+    ``retry_after`` (seconds), when set, is sent as the Retry-After header.
+    """
+
+    retry_after: int | None = None
 
     def __init__(self, status: int, **data: Any) -> None:
         super().__init__(status, data)

@@ -26,10 +26,10 @@ from typing import Any, Protocol
 from django.core.files.uploadhandler import FileUploadHandler, StopFutureHandlers
 from django.http import HttpRequest
 
-from .. import conf, errors, locking
+from .. import conf, errors, locking, shutdown
 from ..appending import AppendSession
 from ..bodies import BodyReader, polling_reads, reader_for
-from ..permissions import owner_of
+from ..permissions import client_address, owner_of
 from ..records.base import LockAttempt
 from ..service import UploadService
 from .exceptions import ChunkedUploadError
@@ -147,6 +147,8 @@ class DirectChunkHandler(FileUploadHandler):
         if session is not None and not self.completed and self.failure is None:
             if session.lock.release_requested():
                 raise ChunkedUploadError(409, detail="Another request took the upload over; this chunk was not stored")
+            if shutdown.stopping():
+                raise ChunkedUploadError(503, detail="The server is restarting; send this chunk again")
             if silent_for:
                 try:
                     session.lock.keep_alive()
@@ -190,7 +192,9 @@ class DirectChunkHandler(FileUploadHandler):
             raise StopFutureHandlers()
         try:
             if start == 0:
-                record = self.view.service.new_record(owner=owner_of(self.request), protocol="legacy", length=total)
+                owner = owner_of(self.request)
+                client = "" if owner else client_address(self.request)
+                record = self.view.service.new_record(owner=owner, client=client, protocol="legacy", length=total)
                 self.session = self.view.service.open_new(record, rules=LEGACY_RULES, tracker=RunningMD5.new(record.id))
         except errors.UploadError:
             self.session = None  # the view will find the same problem and report it

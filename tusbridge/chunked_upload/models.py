@@ -399,4 +399,7 @@ def legacy_error(exc: errors.UploadError) -> ChunkedUploadError:
         return ChunkedUploadError(code, detail='Upload has already been marked as "complete"')
     if isinstance(exc, errors.OffsetMismatch):
         return ChunkedUploadError(code, detail="Offsets do not match", offset=exc.current)
-    return ChunkedUploadError(code, detail=exc.detail)
+    error = ChunkedUploadError(code, detail=exc.detail)
+    if isinstance(exc, errors.QuotaExceeded):
+        error.retry_after = exc.retry_after
+    return error

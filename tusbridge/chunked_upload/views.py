@@ -18,7 +18,7 @@ from django.utils.module_loading import import_string
 from django.views.generic import View
 
 from .. import conf, errors
-from ..permissions import owner_of
+from ..permissions import client_address, owner_of
 from ..service import UploadService, get_service
 from . import settings
 from .constants import COMPLETE, http_status
@@ -149,7 +149,9 @@ class ChunkedUploadBaseView(View):
                 response = self._post(request, *args, **kwargs)
         except ChunkedUploadError as error:
             response = Response(error.data, status=error.status_code)
-            if error.status_code == http_status.HTTP_503_SERVICE_UNAVAILABLE:
+            if error.retry_after is not None:
+                response["Retry-After"] = str(error.retry_after)
+            elif error.status_code == http_status.HTTP_503_SERVICE_UNAVAILABLE:
                 response["Retry-After"] = "5"
         except errors.StoreUnavailable:
             response = Response(
@@ -263,6 +265,8 @@ class ChunkedUploadView(ChunkedUploadBaseView):
                 raise ChunkedUploadError(status=http_status.HTTP_403_FORBIDDEN, detail="An upload needs a user")
             attrs.update(self.get_extra_attrs(request))
             chunked_upload = self.create_chunked_upload(save=False, **attrs)
+            if "user" not in attrs:
+                chunked_upload.record.client = client_address(request)  # an anonymous upload: its address's limits
             self._upload = chunked_upload
 
         span = self.chunk_span(request)

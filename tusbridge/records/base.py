@@ -212,6 +212,18 @@ class Quotas(abc.ABC):
     def unreserve(self, owner: str, upload_id: str) -> None:
         """Stop counting an upload against its owner's limits."""
 
+    @abc.abstractmethod
+    def count_event(self, key: str, window: float) -> tuple[int, float]:
+        """Count one event under ``key`` in a window of ``window`` seconds that starts with the first.
+
+        Returns the events counted in the current window, this one included,
+        and the seconds until the window ends.
+        """
+
+    @abc.abstractmethod
+    def counted_events(self, key: str) -> tuple[int, float]:
+        """The events counted under ``key`` in its current window, and the seconds until it ends ((0, 0) for none)."""
+
 
 class ExpiryIndex(abc.ABC):
     """When each unfinished upload expires, for the cleanup command."""

@@ -18,9 +18,9 @@ from dataclasses import dataclass
 
 from django.core.checks import CheckMessage, Warning
 
-from ..holders import new_token
+from ..holders import live_locks, new_token
 from ..record import State, UploadRecord, encode_field
-from .base import AdvanceResult, AdvanceStatus, RecordStore, ReleaseListener
+from .base import AdvanceResult, AdvanceStatus, LockAttempt, RecordStore, ReleaseListener
 
 # How long a release request stays visible to a holder that keeps its lock between requests
 # (the Redis store's _RELEASE_WANTED_MS).
@@ -69,6 +69,7 @@ class MemoryRecordStore(RecordStore):
         self._active: dict[str, dict[str, int]] = {}  # owner -> upload id -> length
         self._expiry: dict[str, float] = {}
         self._created: dict[str, float] = {}
+        self._events: dict[str, tuple[int, float]] = {}  # key -> (count, time.monotonic() the window ends)
 
     @classmethod
     def from_settings(cls) -> MemoryRecordStore:
@@ -99,6 +100,7 @@ class MemoryRecordStore(RecordStore):
                 self._active,
                 self._expiry,
                 self._created,
+                self._events,
             ):
                 collection.clear()
 
@@ -263,6 +265,19 @@ class MemoryRecordStore(RecordStore):
         return self.acquire_lock_and_get(upload_id, ttl)[0]
 
     def acquire_lock_and_get(self, upload_id: str, ttl: float) -> tuple[str | None, UploadRecord | None]:
+        token, record = self._take(upload_id, ttl)
+        if token is not None:
+            live_locks.pin(token)  # held by the caller, who has only the token, until release_lock
+        return token, record
+
+    def request_lock_and_get(self, upload_id: str, ttl: float) -> LockAttempt:
+        taken = self._take(upload_id, ttl)
+        attempt = LockAttempt(lambda: taken)
+        if taken[0] is not None:
+            live_locks.add(taken[0], attempt)  # live while its attempt, then its HeldLock, exists
+        return attempt
+
+    def _take(self, upload_id: str, ttl: float) -> tuple[str | None, UploadRecord | None]:
         token = new_token()
         with self._mutex:
             taken = self._holder(upload_id) is None
@@ -287,12 +302,14 @@ class MemoryRecordStore(RecordStore):
             return True
 
     def release_lock(self, upload_id: str, token: str) -> None:
+        live_locks.discard(token)
         with self._mutex:
             if self._holder(upload_id) == token:
                 del self._locks[upload_id]
 
     def release_lock_setting(self, upload_id: str, token: str, *, offset: int, fields: dict[str, object]) -> None:
         encoded = {name: encode_field(name, value) for name, value in fields.items()}
+        live_locks.discard(token)
         with self._mutex:
             if self._holder(upload_id) != token:
                 return
@@ -345,6 +362,21 @@ class MemoryRecordStore(RecordStore):
                 return "bytes"
             active[upload_id] = length
             return "ok"
+
+    def counted_events(self, key: str) -> tuple[int, float]:
+        now = time.monotonic()
+        with self._mutex:
+            count, until = self._events.get(key, (0, 0.0))
+        return (count, until - now) if until > now else (0, 0.0)
+
+    def count_event(self, key: str, window: float) -> tuple[int, float]:
+        now = time.monotonic()
+        with self._mutex:
+            count, until = self._events.get(key, (0, 0.0))
+            if until <= now:
+                count, until = 0, now + max(window, 0.001)
+            self._events[key] = (count + 1, until)
+            return count + 1, until - now
 
     def unreserve(self, owner: str, upload_id: str) -> None:
         with self._mutex:

@@ -23,7 +23,7 @@ import redis
 from django.core.checks import CheckMessage, Error, Warning
 
 from .. import conf, errors
-from ..holders import new_token
+from ..holders import holder_has_ended, live_locks, new_token
 from ..record import State, UploadRecord, encode_field
 from .base import AdvanceResult, AdvanceStatus, LockAttempt, RecordStore, ReleaseListener
 from .scripts import DirectScript
@@ -156,12 +156,23 @@ end
 return 0
 """
 
+# KEYS: the event counter. ARGV: the window in ms. Returns {count, ms left in the window}.
+_COUNT_EVENT = """
+local count = redis.call('INCR', KEYS[1])
+if count == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
+return {count, redis.call('PTTL', KEYS[1])}
+"""
+
 # The lock script's answer to a call that arrived after its latest start (see _latest_start),
 # and how many calls one attempt sends at most while Redis finds them too late.
 _TOO_LATE = -1
 _ASKS_WHEN_LATE = 3
 
 _clients: dict[tuple[str, float, int], redis.Redis] = {}
+_release_requests: weakref.WeakKeyDictionary[redis.Redis, ReleaseRequests] = weakref.WeakKeyDictionary()
+
+# Release requests go to channels ``<prefix>:release:{<upload id>}``.
+_CHANNEL_MARK = ":release:"
 _clients_lock = threading.Lock()
 
 
@@ -193,9 +204,9 @@ def client_for(url: str, timeout: float, max_connections: int = 16) -> redis.Red
 class ReleaseWatch(ReleaseListener):
     """One lock holder's interest in release requests for its upload, fed by ``ReleaseRequests``."""
 
-    def __init__(self, requests: ReleaseRequests, upload_id: str) -> None:
+    def __init__(self, requests: ReleaseRequests, channel: str) -> None:
         self._requests = requests
-        self.upload_id = upload_id
+        self.channel = channel
         self._requested = False
 
     def requested(self) -> bool:
@@ -206,46 +217,75 @@ class ReleaseWatch(ReleaseListener):
 
 
 class ReleaseRequests:
-    """The process's one subscription to release requests, handed to the lock holders that watch for them.
+    """The process's one subscription to release requests (per Redis client), handed to the lock holders that watch.
 
     A connection per holder would tie Redis connections to the number of
-    uploads in flight; here a process holds one, whatever that number, and
-    only while some request of the process holds a lock (and a few seconds
-    after, so that back-to-back requests do not resubscribe). A message
-    that arrives while the subscription is down is not lost for long: a
-    waiting request repeats its release request until the holder lets go.
+    uploads in flight; here a process holds one, whatever that number and
+    however many key prefixes it serves, and only while some request of the
+    process holds a lock, and for LINGER seconds after: a lock of this
+    process may outlive its request (its release did not reach Redis, or
+    Redis lost it in a restart), and a request for such a lock goes to the
+    ``unheld`` callback its store registered (``serve``), which removes it. A
+    message that arrives while the subscription is down is not lost for long:
+    a waiting request repeats its release request until the holder lets go.
     """
 
-    # How long the subscription outlives the last watch, and how often its thread looks up.
-    LINGER = 5.0
+    # How long the subscription outlives the last watch (longer than a lock
+    # lives), how often its thread looks up, and its longest pause between
+    # attempts to subscribe again.
+    LINGER = 60.0
     POLL = 0.5
+    MAX_BACKOFF = 0.5
 
-    def __init__(self, client: redis.Redis, channel_prefix: str) -> None:
+    def __init__(self, client: redis.Redis) -> None:
         self._client = client
-        self._prefix = channel_prefix
-        self._pattern = _glob_escape(channel_prefix) + "*"
-        # Weak, so that a holder dropped without closing its watch (an error path) is not kept.
+        self._pattern = "*" + _CHANNEL_MARK + "*"
+        # By channel prefix: what to do with a request that no holder of this process watches.
+        self._unheld: dict[str, Callable[[str], None]] = {}
+        # By channel; weak, so that a holder dropped without closing its watch (an error path) is not kept.
         self._watches: dict[str, weakref.WeakSet[ReleaseWatch]] = {}
         self._lock = threading.Lock()
         self._running_in: int | None = None  # the PID whose thread is subscribed
         self._idle_since = time.monotonic()
 
-    def watch(self, upload_id: str) -> ReleaseWatch:
-        watch = ReleaseWatch(self, upload_id)
+    @classmethod
+    def for_client(cls, client: redis.Redis) -> ReleaseRequests:
+        with _clients_lock:
+            requests = _release_requests.get(client)
+            if requests is None:
+                requests = _release_requests[client] = cls(client)
+            return requests
+
+    def serve(self, channel_prefix: str, unheld: Callable[[str], None]) -> None:
+        """Pass requests on channels ``channel_prefix<upload id>`` that no holder watches to ``unheld(upload id)``."""
         with self._lock:
-            self._watches.setdefault(upload_id, weakref.WeakSet()).add(watch)
-            if self._running_in != os.getpid():
-                self._running_in = os.getpid()
-                threading.Thread(target=self._run, name="tusbridge-release-requests", daemon=True).start()
+            self._unheld[channel_prefix] = unheld
+
+    def watch(self, channel: str) -> ReleaseWatch:
+        watch = ReleaseWatch(self, channel)
+        with self._lock:
+            self._watches.setdefault(channel, weakref.WeakSet()).add(watch)
+            self._start()
         return watch
+
+    def listen(self) -> None:
+        """Subscribe (for LINGER seconds at least) without a watch: this process took a lock."""
+        with self._lock:
+            self._idle_since = time.monotonic()
+            self._start()
+
+    def _start(self) -> None:
+        if self._running_in != os.getpid():
+            self._running_in = os.getpid()
+            threading.Thread(target=self._run, name="tusbridge-release-requests", daemon=True).start()
 
     def unwatch(self, watch: ReleaseWatch) -> None:
         with self._lock:
-            watches = self._watches.get(watch.upload_id)
+            watches = self._watches.get(watch.channel)
             if watches is not None:
                 watches.discard(watch)
                 if not watches:
-                    del self._watches[watch.upload_id]
+                    del self._watches[watch.channel]
                     if not any(self._watches.values()):
                         self._idle_since = time.monotonic()
 
@@ -257,10 +297,17 @@ class ReleaseRequests:
 
     def _deliver(self, channel: bytes | str) -> None:
         name = channel.decode() if isinstance(channel, bytes) else channel
-        upload_id = name[len(self._prefix) :].strip("{}")
+        head, _, tail = name.rpartition(_CHANNEL_MARK)
         with self._lock:
-            for watch in self._watches.get(upload_id, ()):
+            watches = list(self._watches.get(name, ()))
+            for watch in watches:
                 watch._requested = True
+            unheld = self._unheld.get(head + _CHANNEL_MARK)
+        if not watches and unheld is not None:
+            try:
+                unheld(tail.strip("{}"))
+            except (errors.StoreUnavailable, redis.exceptions.RedisError) as exc:
+                logger.warning("tusbridge: release request for upload %s not answered: %s", tail, exc)
 
     def _done(self) -> bool:
         """True (and the thread's turn is over) once nobody has watched for LINGER seconds, or after a fork."""
@@ -294,12 +341,7 @@ class ReleaseRequests:
             finally:
                 pubsub.close()
             time.sleep(backoff)
-            backoff = min(backoff * 2, 2.0)
-
-
-def _glob_escape(text: str) -> str:
-    """``text`` as a literal inside a Redis glob pattern."""
-    return "".join("\\" + c if c in "*?[]\\" else c for c in text)
+            backoff = min(backoff * 2, self.MAX_BACKOFF)
 
 
 # Redis errors that mean "not reachable now": the store raises StoreUnavailable for them.
@@ -401,11 +443,13 @@ class RedisRecordStore(RecordStore):
         self._get_if_unlocked = DirectScript(client, _GET_IF_UNLOCKED)
         self._complete = client.register_script(_COMPLETE)
         self._reserve = client.register_script(_RESERVE)
+        self._count_event = client.register_script(_COUNT_EVENT)
         timeout = client.connection_pool.connection_kwargs.get("socket_timeout")
         self._timeout_ms: float | None = None if timeout is None else float(timeout) * 1000
         # Redis's clock less time.monotonic(), in ms, from the latest lock request (see _latest_start).
         self._redis_ahead_ms: float | None = None
-        self.release_requests = ReleaseRequests(client, f"{prefix}:release:")
+        self.release_requests = ReleaseRequests.for_client(client)
+        self.release_requests.serve(f"{prefix}{_CHANNEL_MARK}", self._release_if_ended)
 
     # Keys -------------------------------------------------------------------
 
@@ -422,7 +466,10 @@ class RedisRecordStore(RecordStore):
         return f"{self.prefix}:active:{{{owner}}}"
 
     def release_channel(self, upload_id: str) -> str:
-        return f"{self.prefix}:release:{{{upload_id}}}"
+        return f"{self.prefix}{_CHANNEL_MARK}{{{upload_id}}}"
+
+    def events_key(self, key: str) -> str:
+        return f"{self.prefix}:events:{{{key}}}"
 
     def release_wanted_key(self, upload_id: str) -> str:
         return f"{self.prefix}:release-wanted:{{{upload_id}}}"
@@ -530,10 +577,13 @@ class RedisRecordStore(RecordStore):
     # Lock -------------------------------------------------------------------
 
     def acquire_lock(self, upload_id: str, ttl: float) -> str | None:
-        return self.request_lock_and_get(upload_id, ttl)()[0]
+        return self.acquire_lock_and_get(upload_id, ttl)[0]
 
     def acquire_lock_and_get(self, upload_id: str, ttl: float) -> tuple[str | None, UploadRecord | None]:
-        return self.request_lock_and_get(upload_id, ttl)()
+        token, record = self.request_lock_and_get(upload_id, ttl)()
+        if token is not None:
+            live_locks.pin(token)  # held by the caller, who has only the token, until release_lock
+        return token, record
 
     def request_lock_and_get(self, upload_id: str, ttl: float) -> LockAttempt:
         token = new_token()
@@ -561,6 +611,10 @@ class RedisRecordStore(RecordStore):
 
         # Made before sending: its sent_at may not be later than the call.
         attempt = LockAttempt(_unavailable_on_outage(result))
+        # The lock may be taken before anyone reads the reply: it is live from now on,
+        # and this process hears release requests for it.
+        live_locks.add(token, attempt)
+        self.release_requests.listen()
         first = send()
         return attempt
 
@@ -593,6 +647,7 @@ class RedisRecordStore(RecordStore):
         return bool(self._refresh(keys=[self.lock_key(upload_id)], args=[token, max(1, int(ttl * 1000))]))
 
     def release_lock(self, upload_id: str, token: str) -> None:
+        live_locks.discard(token)
         self._release(keys=[self.lock_key(upload_id)], args=[token])
 
     def release_lock_setting(self, upload_id: str, token: str, *, offset: int, fields: dict[str, object]) -> None:
@@ -612,7 +667,14 @@ class RedisRecordStore(RecordStore):
         pipe.execute()
 
     def listen_for_release(self, upload_id: str) -> ReleaseWatch:
-        return self.release_requests.watch(upload_id)
+        return self.release_requests.watch(self.release_channel(upload_id))
+
+    def _release_if_ended(self, upload_id: str) -> None:
+        """Remove the upload's lock if a request of this process held it and has ended (see ``LiveLocks``)."""
+        holder = self.lock_holder(upload_id)
+        if holder is not None and holder_has_ended(holder):
+            logger.warning("tusbridge: upload %s was locked by a request that has ended; lock removed", upload_id)
+            self.release_lock(upload_id, holder)
 
     # Expiry index -----------------------------------------------------------
 
@@ -626,6 +688,19 @@ class RedisRecordStore(RecordStore):
 
     def unreserve(self, owner: str, upload_id: str) -> None:
         self.client.hdel(self.active_key(owner), upload_id)
+
+    def counted_events(self, key: str) -> tuple[int, float]:
+        pipe = self.client.pipeline(transaction=False)
+        pipe.get(self.events_key(key))
+        pipe.pttl(self.events_key(key))
+        count, ttl_ms = pipe.execute()
+        if count is None or ttl_ms < 0:
+            return 0, 0.0
+        return int(count), ttl_ms / 1000
+
+    def count_event(self, key: str, window: float) -> tuple[int, float]:
+        count, ttl_ms = self._count_event(keys=[self.events_key(key)], args=[max(1, int(window * 1000))])
+        return int(count), max(int(ttl_ms), 0) / 1000
 
     def created_before(self, when: float, limit: int) -> list[str]:
         ids = self.client.zrangebyscore(self.created_key, "-inf", f"({when!r}", start=0, num=limit)

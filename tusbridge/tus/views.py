@@ -27,7 +27,7 @@ from .. import conf, errors
 from ..bodies import polling_reads
 from ..checksums import ALGORITHMS, Checksum, parse_checksum
 from ..offload import run_blocking
-from ..permissions import owner_of
+from ..permissions import client_address, owner_of
 from ..record import State, UploadRecord
 from ..service import UploadService, get_service
 from .body import request_body
@@ -183,6 +183,8 @@ class TusView(View):
             response["Retry-After"] = "1"
         if isinstance(exc, errors.StoreUnavailable):
             response["Retry-After"] = "5"
+        if isinstance(exc, errors.QuotaExceeded):
+            response["Retry-After"] = str(exc.retry_after)
         return response
 
     # Helpers ----------------------------------------------------------------
@@ -322,8 +324,10 @@ class TusView(View):
         if length is not None and content_length is not None and content_length > length:
             raise errors.ExceedsLength(f"The request body is longer than Upload-Length ({length} bytes)")
 
+        owner = owner_of(request)
         record = service.create(
-            owner=owner_of(request),
+            owner=owner,
+            client="" if owner else client_address(request),
             protocol="tus",
             length=length,
             metadata_raw=metadata_raw,
@@ -366,8 +370,10 @@ class TusView(View):
             raise errors.InvalidRequest(
                 "A final upload takes its length from its partial uploads: send no Upload-Length"
             )
+        owner = owner_of(request)
         record = service.create_final(
-            owner=owner_of(request),
+            owner=owner,
+            client="" if owner else client_address(request),
             partial_ids=partial_ids,
             concat_raw=concat_raw,
             metadata_raw=metadata_raw,
