@@ -33,4 +33,4 @@ USER app
 
 EXPOSE 8000
 
-CMD ["sh", "-c", "python example/bootstrap.py && exec gunicorn example_site.wsgi:application --chdir example --workers $((2 * $(nproc) + 1)) --worker-class gevent --worker-connections 2000 --timeout 60 --bind 0.0.0.0:8000 --access-logfile -"]
+CMD ["sh", "-c", "python example/bootstrap.py && exec gunicorn example_site.wsgi:application --config python:tusbridge.gunicorn.config --chdir example --workers $((2 * $(nproc) + 1)) --worker-class gevent --worker-connections 2000 --timeout 60 --bind 0.0.0.0:8000 --access-logfile -"]

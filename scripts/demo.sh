@@ -21,6 +21,7 @@ var_dir="${root}/example/var"
 bind="${DEMO_BIND:-127.0.0.1:8000}"
 gunicorn_cmd=(
     "${root}/.venv/bin/gunicorn" example_site.wsgi:application
+    --config python:tusbridge.gunicorn.config
     --chdir "${root}/example"
     --workers 2
     --worker-class gevent
