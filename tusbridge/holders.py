@@ -77,6 +77,19 @@ class LiveLocks:
 live_locks = LiveLocks()
 
 
+def process_of(token: str) -> str:
+    """The process that made ``token`` (``<namespace>:<pid>``), or "" for a token that does not say."""
+    namespace, _, rest = token.partition(":")
+    pid_text, sep, _ = rest.partition(":")
+    return f"{namespace}:{pid_text}" if namespace and sep and pid_text.isdigit() else ""
+
+
+def this_process() -> str:
+    """This process, as its tokens name it ("" where the namespace cannot be read)."""
+    namespace = _namespace()
+    return f"{namespace}:{os.getpid()}" if namespace else ""
+
+
 def made_here(token: str) -> bool:
     """Whether ``token`` was made by this process."""
     namespace, _, rest = token.partition(":")

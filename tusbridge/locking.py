@@ -267,8 +267,8 @@ def _ask_holder(records: RecordStore, upload_id: str, wait: float, deadline: flo
         raise errors.Locked(f"Upload is busy: another request holds it and did not release it within {wait:g} s")
     if now >= next_request:
         holder = records.lock_holder(upload_id)
-        if holder is not None and holder_is_gone(holder):
-            # Its process died holding it (killed worker): nobody will release it before the TTL.
+        if holder is not None and (holder_is_gone(holder) or records.holder_gone(holder)):
+            # Its process died holding it (a killed worker, a host gone): nobody will release it before the TTL.
             logger.warning("tusbridge: upload %s was locked by a process that is gone; lock removed", upload_id)
             records.release_lock(upload_id, holder)
             return now

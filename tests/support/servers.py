@@ -18,7 +18,7 @@ import sys
 import sysconfig
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -106,6 +106,12 @@ def terminate(process: subprocess.Popen[bytes], timeout: float) -> None:
     except (ProcessLookupError, PermissionError):
         pass
     process.wait()
+
+
+def upload_keys(keys: Iterable[bytes]) -> list[bytes]:
+    """``keys`` without the heartbeat keys of server processes (``<prefix>:alive:{...}``): those say
+    that a process holds locks, and come and go with its requests, not with uploads."""
+    return [key for key in keys if b":alive:{" not in key]
 
 
 class RedisServer:
@@ -259,10 +265,10 @@ class GunicornServer:
         return self.redis.client(**kwargs)
 
     def keys(self) -> list[bytes]:
-        """All Redis keys under this server's key prefix."""
+        """All Redis keys under this server's key prefix but the processes' heartbeats (see ``upload_keys``)."""
         client = self.redis.client()
         try:
-            return sorted(client.scan_iter(match=f"{self.key_prefix}*", count=500))
+            return sorted(upload_keys(client.scan_iter(match=f"{self.key_prefix}*", count=500)))
         finally:
             client.close()
 

@@ -20,6 +20,7 @@ from django.http import HttpResponse
 from django.test import Client
 from django.utils.http import parse_http_date
 
+from tests.support.servers import upload_keys
 from tusbridge.data import InfoKeeper
 from tusbridge.data.filesystem import FileSystemDataStore
 from tusbridge.record import UploadRecord, new_upload_id
@@ -90,8 +91,8 @@ def expiry_key() -> str:
 
 
 def redis_keys(client: redis.Redis) -> set[str]:
-    """Every key under this test's prefix."""
-    return {k.decode() for k in client.scan_iter(match=f"{prefix()}*", count=500)}
+    """Every key under this test's prefix but the processes' heartbeats (``servers.upload_keys``)."""
+    return {k.decode() for k in upload_keys(client.scan_iter(match=f"{prefix()}*", count=500))}
 
 
 @dataclass(frozen=True)

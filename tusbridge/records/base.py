@@ -188,6 +188,13 @@ class Locks(abc.ABC):
     def lock_holder(self, upload_id: str) -> str | None:
         """The token that holds the upload's lock, or None."""
 
+    def holder_gone(self, token: str) -> bool:
+        """True when the store knows that the process that took ``token`` is gone (on any host).
+
+        A store that cannot tell answers False: the lock then lasts its TTL.
+        """
+        return False
+
     @abc.abstractmethod
     def request_release(self, upload_id: str) -> None:
         """Ask whoever holds the upload's lock to finish up and let go."""

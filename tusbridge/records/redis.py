@@ -23,7 +23,7 @@ import redis
 from django.core.checks import CheckMessage, Error, Warning
 
 from .. import conf, errors
-from ..holders import holder_has_ended, live_locks, new_token
+from ..holders import holder_has_ended, live_locks, new_token, process_of, this_process
 from ..record import State, UploadRecord, encode_field
 from .base import AdvanceResult, AdvanceStatus, LockAttempt, RecordStore, ReleaseListener
 from .scripts import DirectScript
@@ -366,6 +366,53 @@ def _unavailable_on_outage(call: F) -> F:
     return translated  # type: ignore[return-value]
 
 
+class Heartbeat:
+    """A key that says this process is alive, while it holds locks: other hosts free the locks of a dead one.
+
+    A lock's holder on another host cannot be checked through /proc; when
+    its host dies (or its container, or the network drops it) the lock would
+    last its TTL. Every process that takes locks keeps its key for TTL
+    seconds, renewed every EVERY seconds while any request of the process
+    holds a lock, and set before its first lock request; a waiter that
+    finds the key of a lock's process gone removes the lock.
+    """
+
+    TTL = 1.5
+    EVERY = 0.5
+
+    def __init__(self, client: redis.Redis, key: str) -> None:
+        self._client = client
+        self._key = key
+        self._beaten = -float("inf")
+        self._running_in: int | None = None
+        self._lock = threading.Lock()
+
+    def keep_up(self) -> None:
+        """Make sure the key is fresh (one SET at most every EVERY seconds) and kept so while locks are held."""
+        if time.monotonic() - self._beaten >= self.EVERY:
+            self._beat()
+        with self._lock:
+            if self._running_in != os.getpid():
+                self._running_in = os.getpid()
+                threading.Thread(target=self._run, name="tusbridge-heartbeat", daemon=True).start()
+
+    def _beat(self) -> None:
+        self._client.set(self._key, "1", px=int(self.TTL * 1000))
+        self._beaten = time.monotonic()
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(self.EVERY)
+            with self._lock:
+                if self._running_in != os.getpid() or not len(live_locks):
+                    self._running_in = None
+                    return
+            try:
+                self._beat()
+            except (redis.exceptions.RedisError, OSError) as exc:
+                logger.warning("tusbridge: heartbeat not sent (%s)", exc)
+
+
 def _outages_as_store_unavailable(cls: type[RecordStore]) -> type[RecordStore]:
     """Every public operation of ``cls`` raises StoreUnavailable, not redis-py's errors, when Redis is unreachable."""
     for name, member in list(vars(cls).items()):
@@ -448,6 +495,7 @@ class RedisRecordStore(RecordStore):
         self._timeout_ms: float | None = None if timeout is None else float(timeout) * 1000
         # Redis's clock less time.monotonic(), in ms, from the latest lock request (see _latest_start).
         self._redis_ahead_ms: float | None = None
+        self.heartbeat = Heartbeat(client, self.alive_key(this_process())) if this_process() else None
         self.release_requests = ReleaseRequests.for_client(client)
         self.release_requests.serve(f"{prefix}{_CHANNEL_MARK}", self._release_if_ended)
 
@@ -467,6 +515,9 @@ class RedisRecordStore(RecordStore):
 
     def release_channel(self, upload_id: str) -> str:
         return f"{self.prefix}{_CHANNEL_MARK}{{{upload_id}}}"
+
+    def alive_key(self, process: str) -> str:
+        return f"{self.prefix}:alive:{{{process}}}"
 
     def events_key(self, key: str) -> str:
         return f"{self.prefix}:events:{{{key}}}"
@@ -612,9 +663,11 @@ class RedisRecordStore(RecordStore):
         # Made before sending: its sent_at may not be later than the call.
         attempt = LockAttempt(_unavailable_on_outage(result))
         # The lock may be taken before anyone reads the reply: it is live from now on,
-        # and this process hears release requests for it.
+        # and this process hears release requests for it and says that it is alive.
         live_locks.add(token, attempt)
         self.release_requests.listen()
+        if self.heartbeat is not None:
+            self.heartbeat.keep_up()
         first = send()
         return attempt
 
@@ -653,6 +706,12 @@ class RedisRecordStore(RecordStore):
     def release_lock_setting(self, upload_id: str, token: str, *, offset: int, fields: dict[str, object]) -> None:
         extra = [item for name, value in fields.items() for item in (name, encode_field(name, value))]
         self._release_setting(keys=[self.lock_key(upload_id), self.record_key(upload_id)], args=[token, offset, *extra])
+
+    def holder_gone(self, token: str) -> bool:
+        process = process_of(token)
+        if not process or process == this_process():
+            return False  # this process is alive; its ended requests are ``holder_has_ended``'s
+        return not self.client.exists(self.alive_key(process))
 
     def lock_holder(self, upload_id: str) -> str | None:
         token = self.client.get(self.lock_key(upload_id))
