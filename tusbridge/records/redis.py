@@ -16,11 +16,14 @@ import secrets
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any, TypeVar
+from urllib.parse import unquote
 
 import redis
 from django.core.checks import CheckMessage, Error, Warning
+from redis.sentinel import Sentinel, SentinelConnectionPool
 
 from .. import conf, errors
 from ..holders import holder_has_ended, live_locks, new_token, process_of, this_process
@@ -176,27 +179,88 @@ _CHANNEL_MARK = ":release:"
 _clients_lock = threading.Lock()
 
 
-def client_for(url: str, timeout: float, max_connections: int = 16) -> redis.Redis:
-    """One client per URL, timeout and connection budget, shared by the requests of a process.
+class BlockingSentinelPool(SentinelConnectionPool, redis.BlockingConnectionPool):
+    """Sentinel's pool (its connections follow the primary through a failover) that waits for a free
+    connection, as the plain pool does, instead of failing past ``max_connections``."""
+
+
+@dataclass(frozen=True)
+class SentinelSpec:
+    """Where the sentinels are and which primary they watch (a ``redis+sentinel://`` URL or a settings dict)."""
+
+    sentinels: tuple[tuple[str, int], ...]
+    service: str
+    db: int = 0
+    password: str | None = None
+    sentinel_password: str | None = None
+
+    @classmethod
+    def parse(cls, setting: str | Mapping[str, Any]) -> SentinelSpec:
+        """``redis+sentinel://[:password@]host:port[,host:port...]/service[/db]``, or
+        ``{"sentinels": [(host, port), ...], "service": ..., "db": ..., "password": ..., "sentinel_password": ...}``.
+        """
+        if isinstance(setting, Mapping):
+            return cls(
+                sentinels=tuple((str(host), int(port)) for host, port in setting["sentinels"]),
+                service=str(setting["service"]),
+                db=int(setting.get("db", 0)),
+                password=setting.get("password"),
+                sentinel_password=setting.get("sentinel_password"),
+            )
+        rest = setting.removeprefix(SENTINEL_SCHEME)
+        credentials, _, rest = rest.rpartition("@")
+        hosts, _, path = rest.partition("/")
+        parts = [p for p in path.split("/") if p]
+        if not hosts or not parts:
+            raise ValueError(f"a Sentinel URL names its sentinels and its service: {SENTINEL_SCHEME}host:port/service")
+        sentinels = []
+        for host in hosts.split(","):
+            name, _, port = host.rpartition(":") if ":" in host else (host, "", "26379")
+            sentinels.append((name, int(port)))
+        password = unquote(credentials.partition(":")[2]) if credentials else None
+        return cls(tuple(sentinels), parts[0], int(parts[1]) if len(parts) > 1 else 0, password or None)
+
+
+SENTINEL_SCHEME = "redis+sentinel://"
+
+
+def uses_sentinel(setting: str | Mapping[str, Any]) -> bool:
+    return isinstance(setting, Mapping) or setting.startswith(SENTINEL_SCHEME)
+
+
+def client_for(url: str | Mapping[str, Any], timeout: float, max_connections: int = 16) -> redis.Redis:
+    """One client per URL (or Sentinel settings), timeout and connection budget, shared by a process's requests.
 
     A process opens at most ``max_connections`` connections to Redis,
     whatever the number of requests in flight: half for redis-py's pool
     (which also lends the one subscription to release requests), half for
     the scripts sent directly (see ``scripts.py``). A request that finds them
     all busy waits for one, up to ``timeout``, instead of failing at once.
+    Behind Sentinel the connections go to the current primary and move to
+    the new one after a failover; meanwhile requests answer 503.
     """
-    key = (url, timeout, max_connections)
+    key = (repr(url), timeout, max_connections)
     with _clients_lock:
         client = _clients.get(key)
         if client is None:
-            pool = redis.BlockingConnectionPool.from_url(
-                url,
-                max_connections=max(2, max_connections // 2),
-                timeout=timeout,
-                socket_timeout=timeout,
-                socket_connect_timeout=timeout,
-                health_check_interval=30,
-            )
+            options: dict[str, Any] = {
+                "max_connections": max(2, max_connections // 2),
+                "timeout": timeout,
+                "socket_timeout": timeout,
+                "socket_connect_timeout": timeout,
+                "health_check_interval": 30,
+            }
+            if uses_sentinel(url):
+                spec = SentinelSpec.parse(url)
+                sentinel = Sentinel(
+                    list(spec.sentinels),
+                    sentinel_kwargs={"socket_timeout": timeout, "password": spec.sentinel_password},
+                )
+                pool: redis.ConnectionPool = BlockingSentinelPool(
+                    spec.service, sentinel, db=spec.db, password=spec.password, **options
+                )
+            else:
+                pool = redis.BlockingConnectionPool.from_url(str(url), **options)
             client = _clients[key] = redis.Redis(connection_pool=pool)
         return client
 
@@ -447,8 +511,13 @@ class RedisRecordStore(RecordStore):
         """TUSBRIDGE_REDIS_URL is valid and reachable, and Redis does not evict keys."""
         url = conf.get("REDIS_URL")
         try:
-            client = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
-        except (ValueError, TypeError) as exc:
+            if uses_sentinel(url):
+                spec = SentinelSpec.parse(url)
+                sentinel = Sentinel(list(spec.sentinels), sentinel_kwargs={"socket_timeout": 2})
+                client = sentinel.master_for(spec.service, socket_timeout=2, db=spec.db, password=spec.password)
+            else:
+                client = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
             return [Error(f"TUSBRIDGE_REDIS_URL {url!r} is not a valid Redis URL: {exc}", id="tusbridge.E001")]
         try:
             client.ping()
