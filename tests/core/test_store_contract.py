@@ -26,22 +26,27 @@ from tusbridge.data.memory import MemoryDataStore
 from tusbridge.record import State, UploadRecord, new_upload_id
 from tusbridge.records.base import AdvanceResult, AdvanceStatus, RecordStore
 from tusbridge.records.memory import MemoryRecordStore
-from tusbridge.records.redis import RedisRecordStore
+from tusbridge.records.redis import RedisRecordStore, client_for
 
 # Fixtures ------------------------------------------------------------------------------
 
 
-@pytest.fixture(params=["redis", "memory"])
+@pytest.fixture(params=["redis", "cluster", "memory"])
 def records(request: pytest.FixtureRequest) -> Iterator[RecordStore]:
-    """Each record store, empty (Redis: the test's own key prefix, removed afterwards by conftest)."""
+    """Each record store, empty (Redis: the test's own key prefix, removed afterwards by conftest;
+    the Cluster: the same store on a three-node Redis Cluster, where every script must touch one slot)."""
     if request.param == "memory":
         yield MemoryRecordStore()
         return
     if os.environ.get("TUSBRIDGE_TEST_STORES") == "memory":
         pytest.skip("the fast tier runs without Redis")
+    prefix = str(django_settings.TUSBRIDGE_KEY_PREFIX)
+    if request.param == "cluster":
+        yield RedisRecordStore(client_for(request.getfixturevalue("redis_cluster").url, 2.0, 16), prefix)
+        return
     client = request.getfixturevalue("redis_server").client()
     try:
-        yield RedisRecordStore(client, str(django_settings.TUSBRIDGE_KEY_PREFIX))
+        yield RedisRecordStore(client, prefix)
     finally:
         client.close()
 

@@ -23,6 +23,7 @@ from urllib.parse import unquote
 
 import redis
 from django.core.checks import CheckMessage, Error, Warning
+from redis.cluster import ClusterNode, RedisCluster
 from redis.sentinel import Sentinel, SentinelConnectionPool
 
 from .. import conf, errors
@@ -222,10 +223,23 @@ class SentinelSpec:
 
 
 SENTINEL_SCHEME = "redis+sentinel://"
+CLUSTER_SCHEME = "redis+cluster://"
 
 
 def uses_sentinel(setting: str | Mapping[str, Any]) -> bool:
     return isinstance(setting, Mapping) or setting.startswith(SENTINEL_SCHEME)
+
+
+def cluster_nodes(url: str) -> list[ClusterNode]:
+    """The startup nodes of ``redis+cluster://[:password@]host:port[,host:port...]``."""
+    hosts = url.removeprefix(CLUSTER_SCHEME).rpartition("@")[2].partition("/")[0]
+    nodes = []
+    for host in hosts.split(","):
+        name, _, port = host.rpartition(":") if ":" in host else (host, "", "6379")
+        nodes.append(ClusterNode(name, int(port)))
+    if not hosts:
+        raise ValueError(f"a Cluster URL names at least one node: {CLUSTER_SCHEME}host:port")
+    return nodes
 
 
 def client_for(url: str | Mapping[str, Any], timeout: float, max_connections: int = 16) -> redis.Redis:
@@ -250,6 +264,20 @@ def client_for(url: str | Mapping[str, Any], timeout: float, max_connections: in
                 "socket_connect_timeout": timeout,
                 "health_check_interval": 30,
             }
+            if isinstance(url, str) and url.startswith(CLUSTER_SCHEME):
+                # Every script of the store touches the keys of one upload, which share a hash slot.
+                # Each node gets a pool of its own, bounded and waiting as the plain one does.
+                credentials = url.removeprefix(CLUSTER_SCHEME).rpartition("@")[0]
+                cluster = _clients[key] = RedisCluster(  # type: ignore[assignment]
+                    startup_nodes=cluster_nodes(url),
+                    password=unquote(credentials.partition(":")[2]) or None,
+                    connection_pool_class=redis.BlockingConnectionPool,
+                    max_connections=options["max_connections"],
+                    timeout=timeout,
+                    socket_timeout=timeout,
+                    socket_connect_timeout=timeout,
+                )
+                return cluster  # type: ignore[return-value]
             if uses_sentinel(url):
                 spec = SentinelSpec.parse(url)
                 sentinel = Sentinel(
@@ -511,7 +539,9 @@ class RedisRecordStore(RecordStore):
         """TUSBRIDGE_REDIS_URL is valid and reachable, and Redis does not evict keys."""
         url = conf.get("REDIS_URL")
         try:
-            if uses_sentinel(url):
+            if isinstance(url, str) and url.startswith(CLUSTER_SCHEME):
+                client = RedisCluster(startup_nodes=cluster_nodes(url), socket_timeout=2, socket_connect_timeout=2)
+            elif uses_sentinel(url):
                 spec = SentinelSpec.parse(url)
                 sentinel = Sentinel(list(spec.sentinels), sentinel_kwargs={"socket_timeout": 2})
                 client = sentinel.master_for(spec.service, socket_timeout=2, db=spec.db, password=spec.password)
@@ -560,7 +590,8 @@ class RedisRecordStore(RecordStore):
         self._complete = client.register_script(_COMPLETE)
         self._reserve = client.register_script(_RESERVE)
         self._count_event = client.register_script(_COUNT_EVENT)
-        timeout = client.connection_pool.connection_kwargs.get("socket_timeout")
+        pool = getattr(client, "connection_pool", None) or client.nodes_manager  # a cluster has one per node
+        timeout = pool.connection_kwargs.get("socket_timeout")
         self._timeout_ms: float | None = None if timeout is None else float(timeout) * 1000
         # Redis's clock less time.monotonic(), in ms, from the latest lock request (see _latest_start).
         self._redis_ahead_ms: float | None = None
@@ -789,6 +820,10 @@ class RedisRecordStore(RecordStore):
     def request_release(self, upload_id: str) -> None:
         # The key reaches a holder that keeps the lock between requests (it looks at its
         # next advance); the message reaches one that is streaming a body.
+        if isinstance(self.client, RedisCluster):  # no PUBLISH in a cluster pipeline
+            self.client.set(self.release_wanted_key(upload_id), "1", px=_RELEASE_WANTED_MS)
+            self.client.publish(self.release_channel(upload_id), "release")
+            return
         pipe = self.client.pipeline(transaction=False)
         pipe.set(self.release_wanted_key(upload_id), "1", px=_RELEASE_WANTED_MS)
         pipe.publish(self.release_channel(upload_id), "release")

@@ -98,7 +98,8 @@ class DirectScript:
 
     def __init__(self, client: redis.Redis, source: str) -> None:
         self._script = client.register_script(source)
-        self._connections = connections_for(client)
+        # A cluster client has a pool per node: its calls take redis-py's path, which routes them.
+        self._connections = connections_for(client) if isinstance(client, redis.Redis) else None
 
     def __call__(self, keys: Sequence[Any] = (), args: Sequence[Any] = ()) -> Any:
         return self.send(keys, args)()
@@ -108,6 +109,8 @@ class DirectScript:
 
         Between the two the caller can work while the call travels and runs.
         """
+        if self._connections is None:
+            return functools.partial(self._script, keys=keys, args=args)
         conn = self._connections.take()
         try:
             conn.send_command("EVALSHA", self._script.sha, len(keys), *keys, *args)
@@ -122,6 +125,7 @@ class DirectScript:
 
     def _reply(self, conn: AbstractConnection, keys: Sequence[Any], args: Sequence[Any]) -> Any:
         connections = self._connections
+        assert connections is not None
         try:
             reply = conn.read_response()
         except redis.exceptions.NoScriptError:
