@@ -119,6 +119,12 @@ class StoreUnavailable(UploadError):
     message = "The upload record store is unavailable; try again shortly"
 
 
+class Stopping(UploadError):
+    """The process is stopping (a deploy, a restart) and took none of the request's bytes."""
+
+    message = "The server is restarting; send the request again"
+
+
 class StorageFull(UploadError):
     """The data store has no space left."""
 

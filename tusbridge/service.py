@@ -22,7 +22,7 @@ from django.core.files import File
 from django.core.files.storage import Storage
 from django.core.signals import setting_changed
 
-from . import conf, errors, locking
+from . import conf, errors, locking, shutdown
 from .appending import (
     TUS_RULES,
     AppendResult,
@@ -521,6 +521,9 @@ class UploadService:
             interrupted = True
         if overflow:
             raise self._overflow(session.record)
+        if interrupted and not session.written and shutdown.stopping():
+            # Taken in while the process stops: send the client elsewhere, not back at once.
+            raise errors.Stopping()
         if digest is not None and (interrupted or not digest.matches()):
             # The chunk was written in place and is cut off again by
             # abort(). Staging it in a side file would cost a second write

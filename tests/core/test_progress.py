@@ -171,3 +171,13 @@ def test_a_lock_held_by_a_live_request_is_not_taken(settings: object) -> None:
     with pytest.raises(errors.Locked):
         service.lock_for_write(record.id, "7")
     lock.release()
+
+
+def test_a_patch_taken_in_while_stopping_is_sent_elsewhere(service: UploadService, stop_flag: None) -> None:
+    """Nothing read yet when the process stops: 503 (Retry-After) instead of a 204 the client repeats at once."""
+    record = service.create(owner="7", protocol="tus", length=10)
+    shutdown.stop()
+    with pytest.raises(errors.Stopping):
+        service.append(record.id, "7", offset=0, stream=io.BytesIO(b"0123456789"), content_length=10)
+    assert service.records.get(record.id).offset == 0
+    assert service.records.lock_holder(record.id) is None

@@ -17,8 +17,9 @@ from __future__ import annotations
 import http.client
 import os
 import socket
+import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
@@ -233,6 +234,24 @@ def in_flight(server_port: int, client_port: int) -> int | None:
     return ends["server-rx"] + ends["client-tx"]
 
 
+def in_flight_all(server_port: int, client_ports: Iterable[int]) -> dict[int, int]:
+    """``in_flight`` for several connections from one reading of the kernel's tables (client port -> bytes)."""
+    wanted = set(client_ports)
+    ends: dict[tuple[int, str], int] = {}
+    for columns in _tcp_rows():
+        local, remote = _port(columns[1]), _port(columns[2])
+        tx_queue, rx_queue = (int(q, 16) for q in columns[4].split(":"))
+        if local == server_port and remote in wanted:
+            ends[(remote, "server-rx")] = rx_queue
+        elif remote == server_port and local in wanted:
+            ends[(local, "client-tx")] = tx_queue
+    return {
+        port: ends[(port, "server-rx")] + ends[(port, "client-tx")]
+        for port in wanted
+        if (port, "server-rx") in ends and (port, "client-tx") in ends
+    }
+
+
 def wait_drained(server: GunicornServer, request: RawRequest, timeout: float = 30) -> None:
     """Bounded wait until the worker has read every byte sent so far."""
     poll(lambda: in_flight(server.port, request.client_port) == 0, "the worker to read what was sent", timeout)
@@ -261,10 +280,14 @@ class RawRequest:
         headers: Mapping[str, str],
         *,
         terminate_headers: bool = False,
+        send_buffer: int | None = None,
     ) -> None:
         self.server = server
         self.method = method
         self.sock = socket.create_connection(("127.0.0.1", server.port), timeout=60)
+        if send_buffer is not None:
+            # Small: what the client has sent is close to what the server has received.
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, send_buffer)
         self.client_port = int(self.sock.getsockname()[1])
         lines = [f"{method} {path} HTTP/1.1", f"Host: 127.0.0.1:{server.port}"]
         lines += [f"{name}: {value}" for name, value in headers.items()]
@@ -310,6 +333,77 @@ class RawRequest:
             self.sock.close()
         except OSError:
             pass
+
+
+@dataclass
+class Trickled:
+    """How a trickled body ended."""
+
+    response: RawResponse | None  # None: the connection ended without a whole response
+    sent: int  # body bytes the kernel took (some may never have reached the server)
+    error: str | None  # why the sending or the reading stopped, if not by finishing
+
+
+def trickle(
+    request: RawRequest,
+    body: bytes,
+    *,
+    piece: int = 64 * 1024,
+    pause: float = 0.05,
+    hurry: threading.Event | None = None,
+    hold_last: threading.Event | None = None,
+    timeout: float = 120.0,
+) -> Trickled:
+    """Send ``body`` slowly (``piece`` bytes, then ``pause`` seconds; no pause once ``hurry`` is set)
+    from a thread, while reading the response here; then close the connection.
+
+    With ``hold_last``, the last piece waits until that event is set: the
+    request stays in flight (silent) until the test says so. The server may
+    answer before the body has all arrived (a worker that stops, a refusal):
+    sending then stops, and the answer is returned.
+    """
+    request.end_headers()
+    request.sock.settimeout(timeout)
+    answered = threading.Event()
+    sent = 0
+    errors: list[str] = []
+
+    def send() -> None:
+        nonlocal sent
+        view = memoryview(body)
+        try:
+            while sent < len(body) and not answered.is_set():
+                if hold_last is not None and len(body) - sent <= piece:
+                    while not (hold_last.is_set() or answered.wait(0.05)):
+                        pass
+                    if answered.is_set():
+                        break
+                part = view[sent : sent + piece]
+                request.sock.sendall(part)
+                sent += len(part)
+                if pause and not (hurry is not None and hurry.is_set()):
+                    answered.wait(pause)
+        except OSError as exc:
+            errors.append(f"send: {exc!r}")
+
+    sender = threading.Thread(target=send, name="trickle", daemon=True)
+    sender.start()
+    response: RawResponse | None = None
+    try:
+        reply = http.client.HTTPResponse(request.sock, method=request.method)
+        reply.begin()
+        response = RawResponse(reply.status, reply.headers, reply.read())
+    except (OSError, http.client.HTTPException) as exc:
+        errors.append(f"receive: {exc!r}")
+    finally:
+        answered.set()
+        try:  # wakes a sender blocked on a full send buffer
+            request.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        sender.join(timeout)
+        request.close()
+    return Trickled(response, sent, "; ".join(errors) or None)
 
 
 def request_on_other_worker(

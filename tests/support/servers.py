@@ -18,7 +18,7 @@ import sys
 import sysconfig
 import time
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -118,15 +118,21 @@ class RedisServer:
     """A private redis-server process on a fixed loopback port.
 
     ``stop()`` and ``start()`` keep the port so that tests can simulate an
-    outage and a recovery; the server persists nothing, so a restart is empty.
+    outage and a recovery. By default the server persists nothing, so a
+    restart is empty. With ``appendonly=True`` it keeps an append-only file in
+    its directory (``appendfsync everysec``, as most deployments run it):
+    ``kill()`` (SIGKILL, no last fsync) then ``start()`` restarts it on the
+    same port from that file, which lacks at most the writes of the last
+    second or so.
     """
 
     host = "127.0.0.1"
 
-    def __init__(self, binary: str, directory: Path, port: int) -> None:
+    def __init__(self, binary: str, directory: Path, port: int, *, appendonly: bool = False) -> None:
         self.binary = binary
         self.directory = directory
         self.port = port
+        self.appendonly = appendonly
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -173,8 +179,17 @@ class RedisServer:
         finally:
             client.close()
 
+    @property
+    def persistence_args(self) -> list[str]:
+        if not self.appendonly:
+            return ["--appendonly", "no"]
+        return ["--appendonly", "yes", "--appendfsync", "everysec"]
+
     def start(self, timeout: float = 10.0) -> None:
-        """Start the server (no-op if running) and wait until it answers PING."""
+        """Start the server (no-op if running) and wait until it answers PING.
+
+        With ``appendonly`` it loads its append-only file first, if there is one.
+        """
         if self.running:
             return
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -188,8 +203,7 @@ class RedisServer:
                     self.host,
                     "--save",
                     "",
-                    "--appendonly",
-                    "no",
+                    *self.persistence_args,
                     "--dir",
                     str(self.directory),
                     "--unixsocket",
@@ -224,6 +238,21 @@ class RedisServer:
             return
         terminate(self.process, timeout)
         self.process = None
+        self._wait_refused(timeout)
+
+    def kill(self, timeout: float = 10.0) -> None:
+        """SIGKILL the server (as a crash or the OOM killer does: no last fsync), keeping its directory."""
+        if self.process is None:
+            return
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        self.process.wait()
+        self.process = None
+        self._wait_refused(timeout)
+
+    def _wait_refused(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and self.ping():
             time.sleep(0.05)
@@ -363,11 +392,14 @@ def start_gunicorn(
     timeout: float = 30.0,
     worker_class: str | None = None,
     threads: int = 4,
+    extra_args: Sequence[str] = (),
 ) -> GunicornServer:
     """Migrate a fresh sqlite file, start gunicorn and wait until all workers run.
 
     ``worker_class="uvicorn"`` serves ``tests.asgi`` with uvicorn instead
     (tusbridge's ASGI handler), as the README's ASGI deployment does.
+    ``extra_args`` go to gunicorn's command line as they are, e.g.
+    ``["-c", "python:tusbridge.gunicorn.config", "--max-requests", "50"]``.
     """
     key_prefix = f"g-{uuid.uuid4().hex}"
     upload_dir = base_dir / "uploads"
@@ -402,6 +434,7 @@ def start_gunicorn(
         probe="/test-whoami/",
         timeout=timeout,
         asgi=asgi,
+        extra_args=extra_args,
     )
     server = GunicornServer(
         url=f"http://127.0.0.1:{port}",
@@ -429,6 +462,7 @@ def run_gunicorn(
     probe: str,
     timeout: float,
     asgi: bool = False,
+    extra_args: Sequence[str] = (),
 ) -> tuple[subprocess.Popen[bytes], int]:
     """gunicorn (uvicorn with ``asgi``) serving ``app`` on a free port, once ``probe`` answers 200 and
     every worker is forked.
@@ -451,6 +485,7 @@ def run_gunicorn(
             "--error-logfile", "-",
             "--log-level", "info",
             *_gunicorn_version_args(),
+            *extra_args,
         ]  # fmt: skip
         if asgi:
             command = [

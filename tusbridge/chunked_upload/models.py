@@ -391,6 +391,7 @@ def legacy_error(exc: errors.UploadError) -> ChunkedUploadError:
         errors.Locked: 409,
         errors.LockLost: 409,
         errors.StoreUnavailable: 503,
+        errors.Stopping: 503,
         errors.StorageFull: 507,
         errors.QuotaExceeded: 429,
     }

@@ -58,6 +58,7 @@ _STATUS: dict[type[errors.UploadError], int] = {
     errors.QuotaExceeded: 429,
     errors.ChecksumMismatch: 460,
     errors.StoreUnavailable: 503,
+    errors.Stopping: 503,
     errors.StorageFull: 507,
 }
 
@@ -183,6 +184,8 @@ class TusView(View):
             response["Retry-After"] = "1"
         if isinstance(exc, errors.StoreUnavailable):
             response["Retry-After"] = "5"
+        if isinstance(exc, errors.Stopping):
+            response["Retry-After"] = "1"
         if isinstance(exc, errors.QuotaExceeded):
             response["Retry-After"] = str(exc.retry_after)
         return response
