@@ -92,6 +92,21 @@ DEFAULTS: dict[str, Any] = {
     # connection for its next request before handing it back (0: never waits;
     # never longer than gunicorn's --keep-alive).
     "KEEPALIVE_LINGER": 0.002,
+    # The S3 data store (DATA_STORE "tusbridge.data.s3.S3DataStore"; credentials from
+    # boto3's usual chain): its bucket, the prefix of its keys, an endpoint for
+    # S3-compatible services (MinIO, Cloudflare R2, moto) and the region.
+    "S3_BUCKET": "",
+    "S3_KEY_PREFIX": "tusbridge/",
+    "S3_ENDPOINT_URL": None,
+    "S3_REGION": None,
+    # Bytes per multipart part (S3's minimum is 5 MiB; an upload has at most
+    # 10,000 parts), and parts one writer uploads at once while a body streams:
+    # a writer holds at most part size x (parts in flight + 1) in memory.
+    "S3_PART_SIZE": 8 * 1024 * 1024,
+    "S3_PARTS_IN_FLIGHT": 2,
+    # Every part but the last of one size (Cloudflare R2 requires it): a
+    # concatenation then copies partials inside S3 only when they allow it.
+    "S3_EQUAL_PARTS": False,
 }
 
 

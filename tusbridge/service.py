@@ -36,6 +36,7 @@ from .appending import (
     record_info,
 )
 from .data import Concatenator, DataStore, InfoKeeper, Terminator, Writer
+from .data.base import Finisher
 from .handover import configured_storage, hand_over
 from .locking import KeptLock, Tracker
 from .offload import run_blocking
@@ -691,6 +692,9 @@ class UploadService:
         if record is None:
             return None
         self.unreserve(record)
+        if isinstance(self.data, Finisher):
+            # Before anything reads it (partials too: a concatenation copies finished data).
+            self.data.finish(upload_id)
         if record.concat == "partial":
             return self._finish_partial(record)
         storage, name = target if target is not None else (configured_storage(), None)

@@ -1,7 +1,8 @@
 """One contract for every store: each test runs against every record store and every data store.
 
 Modelled on tus-node-server's shared store tests: whatever backend holds the
-records (Redis, memory) or the bytes (filesystem, memory), the service sees
+records (Redis, memory) or the bytes (filesystem, memory, S3: moto's S3
+emulator in server mode, see ``tests/support/s3.py``), the service sees
 the same statuses, the same lock and the same indexes. The Redis store runs
 against the private redis-server of ``tests/conftest.py`` under the test's
 key prefix; a new backend only needs to join the ``params`` below.
@@ -19,6 +20,8 @@ import pytest
 from django.conf import settings as django_settings
 from django.core.checks import Warning
 
+from tests.support.s3 import REGION as S3_REGION
+from tests.support.s3 import s3_bucket, s3_server  # noqa: F401 - fixtures
 from tests.support.together import run_threads
 from tusbridge.data.base import Concatenator, DataStore, InfoKeeper, LocalFiles, Terminator
 from tusbridge.data.filesystem import FileSystemDataStore
@@ -51,11 +54,17 @@ def records(request: pytest.FixtureRequest) -> Iterator[RecordStore]:
         client.close()
 
 
-@pytest.fixture(params=["filesystem", "memory"])
+@pytest.fixture(params=["filesystem", "memory", "s3"])
 def data(request: pytest.FixtureRequest, tmp_path: Path) -> DataStore:
-    """Each data store, empty."""
+    """Each data store, empty (S3: a bucket of its own in the moto emulator of ``tests/support/s3.py``)."""
     if request.param == "memory":
         return MemoryDataStore()
+    if request.param == "s3":
+        from tusbridge.data.s3 import S3DataStore  # boto3: only where the emulator runs
+
+        bucket = request.getfixturevalue("s3_bucket")
+        server = request.getfixturevalue("s3_server")
+        return S3DataStore(bucket, endpoint_url=server.url, region=S3_REGION, part_size=5 * 1024 * 1024)
     return FileSystemDataStore(str(tmp_path / "data"))
 
 
@@ -746,6 +755,7 @@ def test_rollback_goes_back_to_where_the_writer_opened(data: DataStore) -> None:
         writer.write(b"drop")
         writer.write(b"this")
         assert writer.written == 8
+        writer.sync()  # what a writer wrote is stored once synced (S3 keeps it in memory until then)
         assert data.size(upload_id) == 12
         writer.rollback()
         assert writer.written == 0

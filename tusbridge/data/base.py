@@ -104,3 +104,16 @@ class Concatenator(Protocol):
     """A store that can join finished uploads into a new one (tus concatenation)."""
 
     def concatenate(self, target_id: str, source_ids: Sequence[str]) -> None: ...
+
+
+@runtime_checkable
+class Finisher(Protocol):
+    """A store that must turn a completed upload's data into its finished form before it can be read.
+
+    An object store keeps an upload in progress as pieces (S3: a multipart
+    upload) and joins them in place, once, when the upload completes. The
+    service calls ``finish`` before it reads a completed upload; it must be
+    safe to call again on a finished upload.
+    """
+
+    def finish(self, upload_id: str) -> None: ...
