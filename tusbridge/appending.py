@@ -78,7 +78,7 @@ class WriteLimits:
     # this often, and after this many bytes, so that a killed request loses
     # at most that much (see ``AppendSession.count_progress``).
     progress_interval: float = 1.0
-    progress_bytes: int = 8 * 1024 * 1024
+    progress_bytes: int = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -184,6 +184,8 @@ class AppendSession:
         # Bytes of this request already counted by ``count_progress``, and when it last counted.
         self._counted = 0
         self._counted_at = time.monotonic()
+        # The body's announced length, when known (see ``_count_if_due``).
+        self.body_length: int | None = None
 
     @property
     def upload_id(self) -> str:
@@ -230,7 +232,7 @@ class AppendSession:
         if self.tracker is not None:
             self.tracker.update(data)
 
-    def pump(self, stream: Readable, digest: Digest | None) -> tuple[bool, bool]:
+    def pump(self, stream: Readable, digest: Digest | None, *, body_length: int | None = None) -> tuple[bool, bool]:
         """Copy a stream in bounded pieces; return (overflowed, interrupted).
 
         Stops early, keeping what it stored, when another request asks for
@@ -238,6 +240,7 @@ class AppendSession:
         client goes away, or when a stream that reads with a timeout (see
         ``tus.body``) stays silent for the idle timeout.
         """
+        self.body_length = body_length
         read_size, idle_timeout = self.limits.read_size, self.limits.idle_timeout
         idle_since: float | None = None
         # A stream that can fill a buffer is read into one, reused for every piece. It
@@ -281,7 +284,7 @@ class AppendSession:
                 buffer = memoryview(bytearray(min(read_size, 4 * len(buffer))))
 
     async def pump_async(
-        self, body: AsyncReadable, digest: Digest | None, *, poll_interval: float
+        self, body: AsyncReadable, digest: Digest | None, *, poll_interval: float, body_length: int | None = None
     ) -> tuple[bool, bool]:
         """``pump`` for a body read on an event loop; the blocking writes run on ``offload``'s threads.
 
@@ -289,6 +292,7 @@ class AppendSession:
         client silent for the idle timeout (``body`` reads time out every
         ``poll_interval`` seconds). What arrived is written before it returns.
         """
+        self.body_length = body_length
         pending = bytearray()
         try:
             return await self._pump_async(body, digest, poll_interval, pending)
@@ -347,8 +351,13 @@ class AppendSession:
         self._count_if_due(digest)
 
     def _count_if_due(self, digest: Digest | None, *, silent: bool = False) -> None:
-        """Count the bytes so far when the interval or the byte budget has passed (only without a checksum)."""
+        """Count the bytes so far when the interval or the byte budget has passed (only without a checksum).
+
+        Not once the announced body is all here: its commit comes next.
+        """
         if digest is not None or not self.rules.count_while_streaming or self.new or not self.uncounted:
+            return
+        if self.body_length is not None and self.written >= self.body_length:
             return
         due = time.monotonic() - self._counted_at >= self.limits.progress_interval
         if silent or due or self.uncounted >= self.limits.progress_bytes:

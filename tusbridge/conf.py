@@ -71,7 +71,7 @@ DEFAULTS: dict[str, Any] = {
     # streams, at least this often (seconds) and after this many bytes, so a
     # worker killed mid-PATCH loses at most that much.
     "PROGRESS_INTERVAL": 1.0,
-    "PROGRESS_BYTES": 8 * 1024 * 1024,
+    "PROGRESS_BYTES": 64 * 1024 * 1024,
     # fsync the data file before the offset is advanced (durable, slower).
     "FSYNC": False,
     # Origins whose pages may use the tus endpoint ("*" for any), when

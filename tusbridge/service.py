@@ -88,7 +88,7 @@ class UploadService:
         idle_timeout: float = 60.0,
         quotas: Quotas | None = None,
         progress_interval: float = 1.0,
-        progress_bytes: int = 8 * 1024 * 1024,
+        progress_bytes: int = 64 * 1024 * 1024,
     ) -> None:
         self.records = records
         self.data = data
@@ -435,7 +435,7 @@ class UploadService:
         try:
             self.check_room(session, content_length)
             try:
-                overflow, interrupted = session.pump(stream, digest)
+                overflow, interrupted = session.pump(stream, digest, body_length=content_length)
             except OSError as exc:
                 raise self.write_failed(session, digest, exc) from exc
             except BaseException as exc:
@@ -467,7 +467,9 @@ class UploadService:
         try:
             self.check_room(session, content_length)
             try:
-                overflow, interrupted = await session.pump_async(body, digest, poll_interval=poll_interval)
+                overflow, interrupted = await session.pump_async(
+                    body, digest, poll_interval=poll_interval, body_length=content_length
+                )
             except OSError as exc:
                 raise await run_blocking(self.write_failed, session, digest, exc) from exc
             except BaseException as exc:

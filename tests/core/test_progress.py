@@ -181,3 +181,22 @@ def test_a_patch_taken_in_while_stopping_is_sent_elsewhere(service: UploadServic
         service.append(record.id, "7", offset=0, stream=io.BytesIO(b"0123456789"), content_length=10)
     assert service.records.get(record.id).offset == 0
     assert service.records.lock_holder(record.id) is None
+
+
+def test_a_body_that_is_all_here_is_counted_once_by_its_commit(
+    service: UploadService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Counting while streaming stops short of the announced end: the commit counts the rest, in one advance."""
+    data = payload(128 * 1024, seed=6)  # exactly TUSBRIDGE_PROGRESS_BYTES here
+    record = service.create(owner="7", protocol="tus", length=10 * len(data))
+    advances: list[int] = []
+    advance = service.records.advance
+
+    def counted(upload_id: str, **kwargs: object) -> object:
+        advances.append(int(kwargs["new"]))  # type: ignore[call-overload]
+        return advance(upload_id, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(service.records, "advance", counted)
+    result = service.append(record.id, "7", offset=0, stream=io.BytesIO(data), content_length=len(data))
+    assert result.record.offset == len(data)
+    assert advances == [len(data)]

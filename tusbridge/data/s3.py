@@ -29,10 +29,10 @@ upload (``Finisher.finish``) before it reads it.
 
 S3 cannot append either: every ``sync`` stores the whole tail again (less
 than a part). A PATCH counted while it streams (TUSBRIDGE_PROGRESS_INTERVAL,
-_BYTES) syncs at every count; the default part size, 8 MiB, equals
-PROGRESS_BYTES, so a fast body leaves a short tail at each count, and the
-writer reopened after a count takes the tail from the one before
-(``_hand_over``) instead of reading it back.
+_BYTES) syncs at every count; the default PROGRESS_BYTES, 64 MiB, is a
+multiple of the default part size, 8 MiB, so a fast body leaves a short
+tail at each count, and the writer reopened after a count takes the tail
+from the one before (``_hand_over``) instead of reading it back.
 """
 
 from __future__ import annotations
