@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import socket
 import subprocess
-import time
 from pathlib import Path
 
 import redis
 
-from tests.support.servers import free_port, terminate
+from tests.support.servers import free_port, terminate, wait_until
 
 SLOTS = 16384
 
@@ -72,7 +71,7 @@ class RedisClusterGroup:
                 )
             )
         for port in self.ports:
-            self._wait(lambda port=port: bool(self.node(port).ping()), f"node {port}")
+            wait_until(lambda port=port: bool(self.node(port).ping()), f"node {port}")
         share = SLOTS // len(self.ports)
         for index, port in enumerate(self.ports):
             first = index * share
@@ -83,7 +82,7 @@ class RedisClusterGroup:
         for port in self.ports[1:]:
             self.node(self.ports[0]).execute_command("CLUSTER", "MEET", "127.0.0.1", port)
         for port in self.ports:
-            self._wait(lambda port=port: self.node(port).cluster("info")["cluster_state"] == "ok", f"node {port} ok")
+            wait_until(lambda port=port: self.node(port).cluster("info")["cluster_state"] == "ok", f"node {port} ok")
 
     def node(self, port: int) -> redis.Redis:
         return redis.Redis(host="127.0.0.1", port=port, socket_timeout=2, socket_connect_timeout=2)
@@ -92,15 +91,3 @@ class RedisClusterGroup:
         for process in self.processes:
             terminate(process, 5.0)
         self.processes = []
-
-    @staticmethod
-    def _wait(condition: object, what: str, timeout: float = 20.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                if condition():  # type: ignore[operator]
-                    return
-            except (redis.RedisError, OSError, KeyError):
-                pass
-            time.sleep(0.1)
-        raise RuntimeError(f"timed out waiting for {what}")

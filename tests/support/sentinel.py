@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import redis
 
-from tests.support.servers import free_port, terminate
+from tests.support.servers import free_port, terminate, wait_until
 
 SERVICE = "tusbridge-primary"
 
@@ -40,7 +39,7 @@ class SentinelGroup:
         primary, replica = self.server_ports
         self._start_server(primary)
         self._start_server(replica, "--replicaof", "127.0.0.1", str(primary))
-        self._wait(lambda: self.client(replica).info("replication").get("master_link_status") == "up", "replication")
+        wait_until(lambda: self.client(replica).info("replication").get("master_link_status") == "up", "replication")
         for port in self.sentinel_ports:
             config = self.directory / f"sentinel-{port}.conf"
             config.write_text(
@@ -55,7 +54,7 @@ class SentinelGroup:
                 subprocess.Popen([self.binary, str(config), "--sentinel"], stdout=log, stderr=subprocess.STDOUT)
             )
         for port in self.sentinel_ports:
-            self._wait(lambda port=port: self._sentinel_knows_replica(port), f"sentinel {port}")
+            wait_until(lambda port=port: self._sentinel_knows_replica(port), f"sentinel {port}")
 
     def primary_port(self) -> int:
         answer = self.client(self.sentinel_ports[0]).sentinel_get_master_addr_by_name(SERVICE)
@@ -69,9 +68,9 @@ class SentinelGroup:
         return port
 
     def wait_for_new_primary(self, old: int, timeout: float = 30.0) -> int:
-        self._wait(lambda: self.primary_port() != old, "a failover", timeout)
+        wait_until(lambda: self.primary_port() != old, "a failover", timeout)
         new = self.primary_port()
-        self._wait(lambda: self.client(new).info("replication")["role"] == "master", "the new primary", timeout)
+        wait_until(lambda: self.client(new).info("replication")["role"] == "master", "the new primary", timeout)
         return new
 
     def client(self, port: int) -> redis.Redis:
@@ -102,20 +101,8 @@ class SentinelGroup:
             stdout=log,
             stderr=subprocess.STDOUT,
         )
-        self._wait(lambda: bool(self.client(port).ping()), f"redis {port}")
+        wait_until(lambda: bool(self.client(port).ping()), f"redis {port}")
 
     def _sentinel_knows_replica(self, port: int) -> bool:
         replicas = self.client(port).sentinel_slaves(SERVICE)
         return any(int(r["port"]) == self.server_ports[1] for r in replicas)
-
-    @staticmethod
-    def _wait(condition: object, what: str, timeout: float = 20.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                if condition():  # type: ignore[operator]
-                    return
-            except (redis.RedisError, OSError, IndexError, TypeError):
-                pass
-            time.sleep(0.1)
-        raise RuntimeError(f"timed out waiting for {what}")

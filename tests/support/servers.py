@@ -18,7 +18,7 @@ import sys
 import sysconfig
 import time
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -106,6 +106,19 @@ def terminate(process: subprocess.Popen[bytes], timeout: float) -> None:
     except (ProcessLookupError, PermissionError):
         pass
     process.wait()
+
+
+def wait_until(condition: Callable[[], object], what: str, timeout: float = 20.0) -> None:
+    """Poll ``condition`` until it is true; a Redis or socket error, or a half-made answer, counts as not yet."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if condition():
+                return
+        except (redis.RedisError, OSError, LookupError, TypeError):
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"timed out waiting for {what}")
 
 
 def upload_keys(keys: Iterable[bytes]) -> list[bytes]:
