@@ -121,12 +121,14 @@ def advance_error(result: AdvanceResult) -> errors.UploadError:
     return errors.OffsetMismatch(result.offset)
 
 
-def record_info(record: UploadRecord) -> dict[str, str]:
-    """The copy of a record kept beside its data (see ``InfoKeeper``): what does not change with every write."""
-    info = record.to_redis()
-    for volatile in _VOLATILE_FIELDS:
-        info.pop(volatile, None)
-    return info
+def keep_record_copy(data: DataStore, record: UploadRecord) -> None:
+    """Store the copy of ``record`` that a store keeps beside the data (see ``InfoKeeper``), if it keeps one:
+    what does not change with every write."""
+    if isinstance(data, InfoKeeper):
+        info = record.to_redis()
+        for volatile in _VOLATILE_FIELDS:
+            info.pop(volatile, None)
+        data.write_info(record.id, info)
 
 
 def _read(read: Callable[[Any], T], arg: Any) -> T:
@@ -442,8 +444,7 @@ class AppendSession:
             if self.new:
                 self.records.create(record)
                 self._created = True
-                if isinstance(self.data, InfoKeeper):
-                    self.data.write_info(record.id, record_info(record))
+                keep_record_copy(self.data, record)
         except BaseException:
             self.abort()
             raise

@@ -33,7 +33,7 @@ from .appending import (
     WriteLimits,
     WriteRules,
     advance_error,
-    record_info,
+    keep_record_copy,
 )
 from .data import Concatenator, DataStore, InfoKeeper, Terminator, Writer
 from .data.base import Finisher
@@ -311,8 +311,7 @@ class UploadService:
                 logger.warning("tusbridge: cleaning up the failed creation of %s: %s", record.id, exc)
 
     def keep_info(self, record: UploadRecord) -> None:
-        if isinstance(self.data, InfoKeeper):
-            self.data.write_info(record.id, record_info(record))
+        keep_record_copy(self.data, record)
 
     def refresh_info(self, record: UploadRecord) -> None:
         """Update the copy beside the data after a change that already counts; a failure only costs recovery."""
